@@ -1,0 +1,163 @@
+"""Model files: one ``.safetensors`` file with the weights and JSON metadata to rebuild the model.
+
+Metadata keys (all strings, as safetensors requires):
+
+- ``format``: ``"shufflenet.model/1"``;
+- ``arch`` and ``arch_kwargs`` (JSON): the registry name and constructor arguments (``create_model``);
+- ``input_spec`` (JSON): the :class:`~shufflenet.data.spec.InputSpec` the weights expect;
+- ``class_names`` (JSON list, optional);
+- ``extra`` (JSON, optional): anything else (training epoch, source of a conversion, ...).
+
+Loading never executes code from the file: safetensors holds raw tensors and the metadata is parsed as JSON.
+Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data.spec import InputSpec
+from .utils.atomic import atomic_path
+
+__all__ = ["ModelInfo", "save_model", "load_model", "load_weights", "read_info", "FORMAT"]
+
+FORMAT = "shufflenet.model/1"
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a model file says about its model."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    input_spec: InputSpec
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage and non-contiguous tensors: store independent contiguous copies.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    input_spec: InputSpec | None = None,
+    class_names: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and metadata to ``path`` atomically; returns the path.
+
+    ``arch``/``arch_kwargs`` default to ``model.model_cfg`` (set by ``create_model``).
+    """
+    cfg = getattr(model, "model_cfg", None) or {}
+    arch = arch or cfg.get("arch")
+    if arch is None:
+        raise ValueError(
+            "cannot save a model without an architecture name: build it with shufflenet.create_model "
+            "or pass arch="
+        )
+    arch_kwargs = dict(cfg.get("kwargs", {}) if arch_kwargs is None else arch_kwargs)
+    metadata = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_kwargs": json.dumps(arch_kwargs),
+        "input_spec": json.dumps((input_spec or InputSpec()).to_dict()),
+        "class_names": json.dumps(class_names),
+        "extra": json.dumps(extra or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(_state_dict_for_save(model), str(tmp), metadata=metadata)
+    return path
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or another format?): {e}"
+        ) from e
+    return tensors, metadata
+
+
+def read_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Parse the metadata of a model file written by :func:`save_model`."""
+    _, meta = _read(path)
+    return _info_from_metadata(path, meta)
+
+
+def _info_from_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is a safetensors file but not a shufflenet model file "
+            f"(metadata format={meta.get('format')!r}, expected {FORMAT!r}); "
+            "for a bare state dict use create_model(name, weights=path)"
+        )
+    try:
+        return ModelInfo(
+            arch=meta["arch"],
+            arch_kwargs=json.loads(meta["arch_kwargs"]),
+            input_spec=InputSpec.from_dict(json.loads(meta["input_spec"])),
+            class_names=json.loads(meta.get("class_names", "null")),
+            extra=json.loads(meta.get("extra", "{}")),
+        )
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{str(path)!r} has damaged shufflenet metadata: {e}") from e
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model stored at ``path`` and load its weights strictly; returns ``(model, info)``.
+
+    The model is in eval mode on ``map_location``.
+    """
+    from .models import create_model
+
+    tensors, meta = _read(path)
+    info = _info_from_metadata(path, meta)
+    model = create_model(info.arch, **info.arch_kwargs)
+    _load_state(model, tensors, path)
+    return model.to(map_location).eval(), info
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load the weights of a ``.safetensors`` file (model file or bare state dict) into ``model``."""
+    tensors, _ = _read(path)
+    _load_state(model, tensors, path)
+    return model
+
+
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"weights in {str(path)!r} do not fit {type(model).__name__}: {e}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights in {str(path)!r} do not fit {type(model).__name__}: "
+            f"missing {result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+            f"{'...' if len(result.unexpected_keys) > 5 else ''}"
+        )

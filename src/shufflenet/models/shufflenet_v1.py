@@ -1,0 +1,198 @@
+"""ShuffleNet v1 (Zhang, Zhou, Lin, Sun: "ShuffleNet: An Extremely Efficient Convolutional Neural Network for
+Mobile Devices", CVPR 2018, arXiv:1707.01083), Table 1.
+
+Architecture at width 1x, for input 224x224:
+
+    Conv1 3x3/2, 24 ch -> MaxPool 3x3/2 -> Stage2 (4 units) -> Stage3 (8) -> Stage4 (4) -> GlobalPool -> FC
+
+Each stage starts with a stride-2 unit. Stage output widths at 1x (Table 1):
+g=1: 144/288/576, g=2: 200/400/800, g=3: 240/480/960, g=4: 272/544/1088, g=8: 384/768/1536.
+The first 1x1 conv of the first unit of Stage2 is not grouped (its input has only 24 channels).
+
+Width multiplier ``s`` ("ShuffleNet s x", Table 2) scales the number of filters. Channel rounding rule:
+``stage2 = max(4g, round_half_up(s * C1x / 4g) * 4g)``, stages 3 and 4 are 2x and 4x that. The stem grows in
+powers of two with the width, as in the released models (12 channels at 0.5x, 24 at 1x and 1.5x, 48 at 2x):
+``stem = ceil_to_multiple(max(12, 24 * 2**floor(log2 s)), g)``. So every stage width is divisible by ``4g``
+(the bottleneck, a quarter of it, stays divisible by ``g``) and the stem by ``g`` (the branch of a stride-2 unit,
+``out - in``, stays divisible by ``g``). With this rule the multiply-adds of Table 2 are reproduced
+(0.25x: 13M, 0.5x: 38M, 1.5x: 292M, 2x: 524M for g=3), and for g=3 and g=8 the stage widths are those of the
+released models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..layers.conv_bn_act import ConvBnAct
+from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
+from ._registry import register_model
+
+__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
+
+# Table 1: output channels of Stage2 at width 1x, per number of groups g.
+STAGE2_CHANNELS_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+STAGE_REPEATS = (4, 8, 4)
+STEM_CHANNELS_1X = 24
+# Table 2 widths, registered as shufflenet_v1_g{g}_x{w}.
+WIDTHS = (0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def shufflenet_v1_channels(groups: int, width_mult: float = 1.0) -> tuple[int, tuple[int, int, int]]:
+    """Stem and stage output channels ``(stem, (c2, c3, c4))`` for ``groups`` and ``width_mult``.
+
+    Raises:
+        ValueError: for ``groups`` outside {1, 2, 3, 4, 8} or a non-positive ``width_mult``.
+    """
+    if isinstance(groups, bool) or groups not in STAGE2_CHANNELS_1X:
+        raise ValueError(
+            f"groups={groups!r} is not a ShuffleNet v1 configuration; choose one of "
+            f"{sorted(STAGE2_CHANNELS_1X)} (or pass stage_channels explicitly)"
+        )
+    if not isinstance(width_mult, int | float) or isinstance(width_mult, bool) or width_mult <= 0:
+        raise ValueError(f"width_mult={width_mult!r} must be a positive number")
+    unit = 4 * groups
+    c2 = max(unit, _round_half_up(width_mult * STAGE2_CHANNELS_1X[groups] / unit) * unit)
+    stem = max(12, STEM_CHANNELS_1X * 2 ** math.floor(math.log2(width_mult)))
+    stem = math.ceil(stem / groups) * groups
+    return stem, (c2, 2 * c2, 4 * c2)
+
+
+class ShuffleNetV1(nn.Module):
+    """ShuffleNet v1. (N, in_chans, H, W) -> logits (N, num_classes).
+
+    Args:
+        groups: ``g`` of the pointwise group convolutions (1, 2, 3, 4 or 8 for the paper's tables).
+        width_mult: the paper's scale factor ``s`` (0.25, 0.5, 1, 1.5, 2 or any positive number).
+        num_classes: classifier outputs.
+        in_chans: input channels.
+        small_input: for 32x32 images (CIFAR): stem stride 1 and no max pool, so the network downsamples
+            8x instead of 32x.
+        stage_channels, stem_channels, stage_repeats: override the table (e.g. to match other releases).
+        shuffle, shuffle_position, se: passed to every :class:`ShuffleUnit` (ablations and variants).
+        classifier_bias: the paper's FC has a bias; some releases have none.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        groups: int = 3,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        small_input: bool = False,
+        stage_channels: Sequence[int] | None = None,
+        stem_channels: int | None = None,
+        stage_repeats: Sequence[int] = STAGE_REPEATS,
+        shuffle: ShuffleMode | bool = "shuffle",
+        shuffle_position: ShufflePosition = "before_dw",
+        se: bool = False,
+        classifier_bias: bool = True,
+        drop_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        if stage_channels is None or stem_channels is None:
+            default_stem, default_stages = shufflenet_v1_channels(groups, width_mult)
+            stage_channels = default_stages if stage_channels is None else stage_channels
+            stem_channels = default_stem if stem_channels is None else stem_channels
+        if len(stage_channels) != len(stage_repeats):
+            raise ValueError(
+                f"stage_channels={list(stage_channels)} and stage_repeats={list(stage_repeats)} "
+                "must have the same length"
+            )
+        self.groups = groups
+        self.width_mult = width_mult
+        self.num_classes = num_classes
+        self.stage_channels = tuple(stage_channels)
+
+        self.stem = ConvBnAct(
+            in_chans,
+            stem_channels,
+            3,
+            stride=1 if small_input else 2,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+        )
+        self.pool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        stages = []
+        in_ch = stem_channels
+        for stage_idx, (out_ch, repeats) in enumerate(zip(stage_channels, stage_repeats)):
+            units = []
+            for i in range(repeats):
+                units.append(
+                    ShuffleUnit(
+                        in_ch,
+                        out_ch,
+                        stride=2 if i == 0 else 1,
+                        groups=groups,
+                        first_grouped=not (stage_idx == 0 and i == 0),
+                        shuffle=shuffle,
+                        shuffle_position=shuffle_position,
+                        se=se,
+                        norm_layer=norm_layer,
+                        act_layer=act_layer,
+                    )
+                )
+                in_ch = out_ch
+            stages.append(nn.Sequential(*units))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_ch
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
+        return self.stages(self.pool(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
+        x = self.head_drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _width_tag(width: float) -> str:
+    return f"x{width:.2f}".rstrip("0").replace(".", "_") if width < 1 else f"x{width:.1f}".replace(".", "_")
+
+
+def _register_variants() -> None:
+    for g in STAGE2_CHANNELS_1X:
+        for w in WIDTHS:
+
+            def factory(_g: int = g, _w: float = w, **kwargs) -> ShuffleNetV1:
+                return ShuffleNetV1(groups=_g, width_mult=_w, **kwargs)
+
+            factory.__name__ = f"shufflenet_v1_g{g}_{_width_tag(w)}"
+            factory.__doc__ = f"ShuffleNet v1 {w}x, g={g} (Zhang et al. 2017, Tables 1-2)."
+            register_model(factory)
+
+
+_register_variants()
