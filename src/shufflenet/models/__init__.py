@@ -1,13 +1,19 @@
 """Model definitions and the registry. Importing this package registers every model."""
 
-from . import alexnet, shufflenet_v1  # noqa: F401  (registers models)
+from . import alexnet, mobilenet_v1, resnext, shufflenet_v1, xception  # noqa: F401  (registers models)
 from ._registry import create_model, get_model_factory, is_model, list_models, register_model
 from .alexnet import AlexNet
+from .mobilenet_v1 import MobileNetV1
+from .resnext import ResNeXt
 from .shufflenet_v1 import ShuffleNetV1, shufflenet_v1_channels
+from .xception import Xception
 
 __all__ = [
     "AlexNet",
+    "MobileNetV1",
+    "ResNeXt",
     "ShuffleNetV1",
+    "Xception",
     "create_model",
     "get_model_factory",
     "is_model",

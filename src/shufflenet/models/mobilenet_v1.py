@@ -1,0 +1,105 @@
+"""MobileNet v1 (Howard et al. 2017, arXiv:1704.04861), Table 1: a 3x3 stem and 13 depthwise-separable blocks.
+
+At width 1x and 224x224: 4.2M parameters and 569M multiply-adds (Table 8 of the paper).
+Width multiplier ``alpha`` scales every layer; channels are rounded to a multiple of 8 (at least 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..layers.conv_bn_act import ConvBnAct
+from ..layers.separable import DepthwiseSeparableConv2d
+from ._registry import register_model
+
+__all__ = ["MobileNetV1"]
+
+# (output channels at 1x, stride) of the depthwise-separable blocks, Table 1.
+BLOCKS = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+
+
+def _scaled(channels: int, width_mult: float) -> int:
+    return max(8, int(channels * width_mult + 4) // 8 * 8)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1. (N, in_chans, H, W) -> logits (N, num_classes).
+
+    Args:
+        width_mult: the paper's ``alpha``.
+        small_input: stem stride 1 and the first stride-2 block made stride 1 (for 32x32 images).
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        small_input: bool = False,
+        drop_rate: float = 0.0,
+        act_layer: Callable[[], nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult={width_mult!r} must be positive")
+        self.num_classes = num_classes
+        stem = _scaled(32, width_mult)
+        self.stem = ConvBnAct(in_chans, stem, 3, stride=1 if small_input else 2, act_layer=act_layer)
+        blocks = []
+        in_ch = stem
+        for i, (c, s) in enumerate(BLOCKS):
+            out_ch = _scaled(c, width_mult)
+            stride = 1 if (small_input and i == 1) else s
+            blocks.append(DepthwiseSeparableConv2d(in_ch, out_ch, 3, stride, act_layer=act_layer))
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = in_ch
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32)."""
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def mobilenet_v1_x1_0(**kwargs) -> MobileNetV1:
+    """MobileNet v1 1.0 (569M multiply-adds, 4.2M parameters at 224x224)."""
+    return MobileNetV1(width_mult=1.0, **kwargs)
+
+
+@register_model
+def mobilenet_v1_x0_5(**kwargs) -> MobileNetV1:
+    """MobileNet v1 0.5 (149M multiply-adds, 1.3M parameters at 224x224)."""
+    return MobileNetV1(width_mult=0.5, **kwargs)
+
+
+@register_model
+def mobilenet_v1_x0_25(**kwargs) -> MobileNetV1:
+    """MobileNet v1 0.25 (41M multiply-adds, 0.5M parameters at 224x224)."""
+    return MobileNetV1(width_mult=0.25, **kwargs)
