@@ -13,7 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="List registered models.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shufflenet_v1_g3*'")
+    p.add_argument(
+        "pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shufflenet_v1_g3*'"
+    )
     return p
 
 

@@ -15,17 +15,32 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("shufflenet.cli.list_models", "list registered models"),
     "profile": ("shufflenet.cli.profile", "parameters and multiply-adds per layer"),
-    "conv-cost": ("shufflenet.cli.conv_cost", "cost of standard vs grouped vs separable convolution"),
+    "conv-cost": (
+        "shufflenet.cli.conv_cost",
+        "cost of standard vs grouped vs separable convolution",
+    ),
     "train": ("shufflenet.cli.train", "train a model (single process, DDP, or group-parallel)"),
-    "evaluate": ("shufflenet.cli.evaluate", "top-1/top-5 accuracy and confusion matrix of a checkpoint"),
+    "evaluate": (
+        "shufflenet.cli.evaluate",
+        "top-1/top-5 accuracy and confusion matrix of a checkpoint",
+    ),
     "predict": ("shufflenet.cli.predict", "top classes of images under a checkpoint"),
-    "correlate": ("shufflenet.cli.correlate", "inter-layer filter-response correlation (Deep Roots)"),
-    "flow": ("shufflenet.cli.flow", "which channel groups reach which outputs, with/without shuffle"),
+    "correlate": (
+        "shufflenet.cli.correlate",
+        "inter-layer filter-response correlation (Deep Roots)",
+    ),
+    "flow": (
+        "shufflenet.cli.flow",
+        "which channel groups reach which outputs, with/without shuffle",
+    ),
     "filters": ("shufflenet.cli.filters", "first-layer filters by group, with a colour measure"),
     "reproduce": ("shufflenet.cli.reproduce", "run a paper experiment and write a Markdown report"),
     "bench": ("shufflenet.cli.bench", "inference latency across backends"),
     "export": ("shufflenet.cli.export", "export a checkpoint to ONNX, checked with ONNX Runtime"),
-    "convert": ("shufflenet.cli.convert", "convert published checkpoints to shufflenet model files"),
+    "convert": (
+        "shufflenet.cli.convert",
+        "convert published checkpoints to shufflenet model files",
+    ),
 }
 
 

@@ -59,7 +59,11 @@ class ComplexityReport:
     @property
     def conv_macs(self) -> int:
         """Multiply-adds of convolutions only (ShuffleNet's Table 1 convention excludes the classifier)."""
-        return sum(r.macs or 0 for r in self.layers if r.type.startswith(("Conv", "GroupConv", "Pointwise", "Depthwise")))
+        return sum(
+            r.macs or 0
+            for r in self.layers
+            if r.type.startswith(("Conv", "GroupConv", "Pointwise", "Depthwise"))
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -77,7 +81,9 @@ class ComplexityReport:
 
     def table(self, max_rows: int | None = None) -> str:
         """A plain-text table of the layers with totals."""
-        head = f"{'layer':<42} {'type':<22} {'output':<20} {'groups':>6} {'params':>12} {'MACs':>14}"
+        head = (
+            f"{'layer':<42} {'type':<22} {'output':<20} {'groups':>6} {'params':>12} {'MACs':>14}"
+        )
         lines = [head, "-" * len(head)]
         rows = self.layers if max_rows is None else self.layers[:max_rows]
         for r in rows:
@@ -100,7 +106,9 @@ class ComplexityReport:
         return "\n".join(lines)
 
 
-def _as_input_shape(model: nn.Module, input_size: int | Sequence[int], batch_size: int, in_chans: int | None) -> tuple[int, ...]:
+def _as_input_shape(
+    model: nn.Module, input_size: int | Sequence[int], batch_size: int, in_chans: int | None
+) -> tuple[int, ...]:
     if isinstance(input_size, int):
         if input_size < 1:
             raise ValueError(f"input_size={input_size} must be positive")
@@ -146,7 +154,11 @@ def profile(
                 rows.append(LayerCost(name, type(m).__name__, _shape(out), None, own_params, None))
             return
         macs = int(handler(m, inputs, out))
-        rows.append(LayerCost(name, type(m).__name__, _shape(out), getattr(m, "groups", None), own_params, macs))
+        rows.append(
+            LayerCost(
+                name, type(m).__name__, _shape(out), getattr(m, "groups", None), own_params, macs
+            )
+        )
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     was_training = model.training

@@ -61,7 +61,9 @@ class MobileNetV1(nn.Module):
             raise ValueError(f"width_mult={width_mult!r} must be positive")
         self.num_classes = num_classes
         stem = _scaled(32, width_mult)
-        self.stem = ConvBnAct(in_chans, stem, 3, stride=1 if small_input else 2, act_layer=act_layer)
+        self.stem = ConvBnAct(
+            in_chans, stem, 3, stride=1 if small_input else 2, act_layer=act_layer
+        )
         blocks = []
         in_ch = stem
         for i, (c, s) in enumerate(BLOCKS):

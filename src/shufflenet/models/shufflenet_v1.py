@@ -45,7 +45,9 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def shufflenet_v1_channels(groups: int, width_mult: float = 1.0) -> tuple[int, tuple[int, int, int]]:
+def shufflenet_v1_channels(
+    groups: int, width_mult: float = 1.0
+) -> tuple[int, tuple[int, int, int]]:
     """Stem and stage output channels ``(stem, (c2, c3, c4))`` for ``groups`` and ``width_mult``.
 
     Raises:
@@ -180,19 +182,22 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def _width_tag(width: float) -> str:
-    return f"x{width:.2f}".rstrip("0").replace(".", "_") if width < 1 else f"x{width:.1f}".replace(".", "_")
+    return (
+        f"x{width:.2f}".rstrip("0").replace(".", "_")
+        if width < 1
+        else f"x{width:.1f}".replace(".", "_")
+    )
 
 
-def _register_variants() -> None:
-    for g in STAGE2_CHANNELS_1X:
-        for w in WIDTHS:
+def _make_factory(groups: int, width: float) -> Callable[..., ShuffleNetV1]:
+    def factory(**kwargs) -> ShuffleNetV1:
+        return ShuffleNetV1(groups=groups, width_mult=width, **kwargs)
 
-            def factory(_g: int = g, _w: float = w, **kwargs) -> ShuffleNetV1:
-                return ShuffleNetV1(groups=_g, width_mult=_w, **kwargs)
-
-            factory.__name__ = f"shufflenet_v1_g{g}_{_width_tag(w)}"
-            factory.__doc__ = f"ShuffleNet v1 {w}x, g={g} (Zhang et al. 2017, Tables 1-2)."
-            register_model(factory)
+    factory.__name__ = f"shufflenet_v1_g{groups}_{_width_tag(width)}"
+    factory.__doc__ = f"ShuffleNet v1 {width}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
+    return factory
 
 
-_register_variants()
+for _g in STAGE2_CHANNELS_1X:
+    for _w in WIDTHS:
+        register_model(_make_factory(_g, _w))

@@ -54,7 +54,9 @@ class XceptionBlock(nn.Module):
             layers.append(nn.MaxPool2d(3, 2, 1))
         self.body = nn.Sequential(*layers)
         if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = ConvBnAct(in_channels, out_channels, 1, stride, act_layer=None)
+            self.shortcut: nn.Module = ConvBnAct(
+                in_channels, out_channels, 1, stride, act_layer=None
+            )
         else:
             self.shortcut = nn.Identity()
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["check_groups_arg", "check_channels_divisible", "check_group_conv_args", "check_positive_int"]
+__all__ = [
+    "check_groups_arg",
+    "check_channels_divisible",
+    "check_group_conv_args",
+    "check_positive_int",
+]
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -24,7 +29,9 @@ def check_groups_arg(groups: object) -> int:
 def check_channels_divisible(channels: int, groups: int, what: str = "channels") -> None:
     """``channels`` must be divisible by ``groups`` and at least ``groups``."""
     if groups > channels:
-        raise ValueError(f"groups={groups} is larger than {what}={channels}; groups must be <= {what}")
+        raise ValueError(
+            f"groups={groups} is larger than {what}={channels}; groups must be <= {what}"
+        )
     if channels % groups:
         raise ValueError(f"{what}={channels} is not divisible by groups={groups}")
 
