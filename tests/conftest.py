@@ -1,0 +1,45 @@
+"""Shared test settings: seeding, hypothesis profile, and small per-model input sizes."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests: no per-example deadline (the CPUs are shared), a fixed example budget, reproducible runs.
+settings.register_profile(
+    "shufflenet",
+    deadline=None,
+    max_examples=40,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("shufflenet")
+
+# Two small input sizes (H, W) per model for forward/backward tests, by name pattern (first match wins).
+# Sizes are as small as the model's strides and pooling allow, so each registered model costs little.
+# A model not listed here gets DEFAULT_SIZES (fine for anything that downsamples by 32 with padded
+# convolutions and ends in adaptive pooling).
+SIZE_HINTS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    # 11x11/4 conv and three unpadded 3x3/2 max pools: 63 px is the smallest input.
+    "alexnet*": ((63, 63), (95, 79)),
+    # Xception-style entry flows use unpadded convolutions; give them room.
+    "xception*": ((71, 71), (96, 80)),
+    "nin*": ((32, 32), (40, 36)),
+}
+DEFAULT_SIZES: tuple[tuple[int, int], tuple[int, int]] = ((32, 32), (64, 48))
+
+
+def input_sizes(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Two input sizes (H, W) for the registered model ``name``."""
+    for pattern, sizes in SIZE_HINTS.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return sizes
+    return DEFAULT_SIZES
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
