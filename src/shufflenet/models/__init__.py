@@ -4,6 +4,7 @@ from . import alexnet, mobilenet_v1, resnext, shufflenet_v1, xception  # noqa: F
 from ._registry import create_model, get_model_factory, is_model, list_models, register_model
 from .alexnet import AlexNet
 from .mobilenet_v1 import MobileNetV1
+from .nin import NIN
 from .resnext import ResNeXt
 from .shufflenet_v1 import ShuffleNetV1, shufflenet_v1_channels
 from .xception import Xception
@@ -11,6 +12,7 @@ from .xception import Xception
 __all__ = [
     "AlexNet",
     "MobileNetV1",
+    "NIN",
     "ResNeXt",
     "ShuffleNetV1",
     "Xception",
