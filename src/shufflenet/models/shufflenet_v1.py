@@ -10,9 +10,11 @@ g=1: 144/288/576, g=2: 200/400/800, g=3: 240/480/960, g=4: 272/544/1088, g=8: 38
 The first 1x1 conv of the first unit of Stage2 is not grouped (its input has only 24 channels).
 
 Width multiplier ``s`` ("ShuffleNet s x", Table 2) scales the number of filters. Channel rounding rule:
-``stage2 = max(4g, round_half_up(s * C1x / 4g) * 4g)``, stages 3 and 4 are 2x and 4x that. The stem grows in
+``stage2 = round_half_up(s * C1x / 4g) * 4g``, stages 3 and 4 are 2x and 4x that. The stem grows in
 powers of two with the width, as in the released models (12 channels at 0.5x, 24 at 1x and 1.5x, 48 at 2x):
-``stem = ceil_to_multiple(max(12, 24 * 2**floor(log2 s)), g)``. So every stage width is divisible by ``4g``
+``stem = ceil_to_multiple(max(12, 24 * 2**floor(log2 s)), g)``. For very small ``s`` (below about 0.1),
+``stage2`` is raised to the smallest multiple of ``4g`` above ``stem``, since the first stride-2 unit
+concatenates its input and must add channels. So every stage width is divisible by ``4g``
 (the bottleneck, a quarter of it, stays divisible by ``g``) and the stem by ``g`` (the branch of a stride-2 unit,
 ``out - in``, stays divisible by ``g``). With this rule the multiply-adds of Table 2 are reproduced
 (0.25x: 13M, 0.5x: 38M, 1.5x: 292M, 2x: 524M for g=3), and for g=3 and g=8 the stage widths are those of the
@@ -56,14 +58,18 @@ def shufflenet_v1_channels(
     if isinstance(groups, bool) or groups not in STAGE2_CHANNELS_1X:
         raise ValueError(
             f"groups={groups!r} is not a ShuffleNet v1 configuration; choose one of "
-            f"{sorted(STAGE2_CHANNELS_1X)} (or pass stage_channels explicitly)"
+            f"{sorted(STAGE2_CHANNELS_1X)} (or pass stage_channels and stem_channels explicitly)"
         )
     if not isinstance(width_mult, int | float) or isinstance(width_mult, bool) or width_mult <= 0:
         raise ValueError(f"width_mult={width_mult!r} must be a positive number")
     unit = 4 * groups
-    c2 = max(unit, _round_half_up(width_mult * STAGE2_CHANNELS_1X[groups] / unit) * unit)
     stem = max(12, STEM_CHANNELS_1X * 2 ** math.floor(math.log2(width_mult)))
     stem = math.ceil(stem / groups) * groups
+    # Stage2's first unit concatenates the stem's channels: it must output more than the stem.
+    c2 = max(
+        (stem // unit + 1) * unit,
+        _round_half_up(width_mult * STAGE2_CHANNELS_1X[groups] / unit) * unit,
+    )
     return stem, (c2, 2 * c2, 4 * c2)
 
 
