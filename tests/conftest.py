@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 
 import pytest
@@ -39,6 +40,29 @@ def input_sizes(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
         if fnmatch.fnmatchcase(name, pattern):
             return sizes
     return DEFAULT_SIZES
+
+
+# Table 1 of the paper: output channels of Stage2/3/4 at width 1x.
+TABLE1_STAGES = {
+    1: (144, 288, 576),
+    2: (200, 400, 800),
+    3: (240, 480, 960),
+    4: (272, 544, 1088),
+    8: (384, 768, 1536),
+}
+
+
+def documented_channels(g: int, s: float) -> tuple[int, tuple[int, int, int]]:
+    """The channel rounding rule of the ShuffleNetV1 docstring, written out independently."""
+    unit = 4 * g
+    stem = max(12, 24 * 2 ** math.floor(math.log2(s)))
+    stem = -(-stem // g) * g  # round up to a multiple of g
+    stage2 = int(math.floor(s * TABLE1_STAGES[g][0] / unit + 0.5)) * unit  # round half up to 4g
+    above_stem = unit
+    while above_stem <= stem:  # the first stride-2 unit must add channels to the stem's
+        above_stem += unit
+    c2 = max(stage2, above_stem)
+    return stem, (c2, 2 * c2, 4 * c2)
 
 
 def pytest_configure(config: pytest.Config) -> None:

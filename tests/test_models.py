@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import math
 
 import pytest
 import torch
-from conftest import input_sizes
+from conftest import TABLE1_STAGES, documented_channels, input_sizes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -88,14 +87,6 @@ def test_forward_equals_head_of_features(name):
 
 # ---------------------------------------------------------------------------------------------- ShuffleNet v1
 
-# Table 1 of the paper: output channels of Stage2/3/4 at width 1x.
-TABLE1_STAGES = {
-    1: (144, 288, 576),
-    2: (200, 400, 800),
-    3: (240, 480, 960),
-    4: (272, 544, 1088),
-    8: (384, 768, 1536),
-}
 # Released models (Megvii ShuffleNet-Series, ShuffleNetV1): (stem, stage2, stage3, stage4) for g=3 and g=8.
 RELEASED = {
     (3, 0.5): (12, 120, 240, 480),
@@ -108,18 +99,6 @@ RELEASED = {
     (8, 2.0): (48, 768, 1536, 3072),
 }
 WIDTH_TAGS = {0.25: "x0_25", 0.5: "x0_5", 1.0: "x1_0", 1.5: "x1_5", 2.0: "x2_0"}
-
-
-def documented_channels(g: int, s: float) -> tuple[int, tuple[int, int, int]]:
-    """The channel rounding rule of the ShuffleNetV1 docstring, written out independently."""
-    unit = 4 * g
-    stem = max(12, 24 * 2 ** math.floor(math.log2(s)))
-    stem = -(-stem // g) * g  # round up to a multiple of g
-    stage2 = int(math.floor(s * TABLE1_STAGES[g][0] / unit + 0.5)) * unit  # round half up to 4g
-    above_stem = unit
-    while above_stem <= stem:  # the first stride-2 unit must add channels to the stem's
-        above_stem += unit
-    return stem, (max(stage2, above_stem), 2 * max(stage2, above_stem), 4 * max(stage2, above_stem))
 
 
 def test_all_25_variants_registered():
