@@ -106,7 +106,7 @@ def train_classifier(
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss) * x.shape[0]
+            loss_sum += loss.item() * x.shape[0]
             correct += int((logits.argmax(1) == y).sum())
             n += x.shape[0]
             if bar is not None:
