@@ -40,11 +40,14 @@ def _pct(ours: float, theirs: float) -> str:
 def run_complexity(opts: ReproduceOptions) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
+    only_g, only_w = opts.extra.get("groups"), opts.extra.get("widths")
     rows = []
     for name in list_models("shufflenet_v1_g*_x*"):
         if not re.fullmatch(r"shufflenet_v1_g\d+_x[\d_]+", name):
             continue
         model = create_model(name)
+        if (only_g and model.groups not in only_g) or (only_w and model.width_mult not in only_w):
+            continue
         rep = profile(model, 224)
         rows.append(
             {
@@ -68,7 +71,9 @@ def run_complexity(opts: ReproduceOptions) -> dict:
     md.h2("ShuffleNet Table 1: 1x network per number of groups g")
     t1 = []
     for g, mflops in pub.SHUFFLENET_TABLE1_MFLOPS.items():
-        r = by[(g, 1.0)]
+        r = by.get((g, 1.0))
+        if r is None:
+            continue
         t1.append(
             [
                 g,
@@ -86,9 +91,15 @@ def run_complexity(opts: ReproduceOptions) -> dict:
     md.h2("ShuffleNet Table 2 (and Tables 5-6): complexity per width")
     t2 = []
     for w, (mflops, _) in sorted(pub.SHUFFLENET_TABLE2.items(), reverse=True):
-        ours = [by[(g, w)]["macs"] / 1e6 for g in pub.SHUFFLENET_TABLE1_MFLOPS]
-        t2.append([f"{w}x", mflops, *(f"{v:.1f} ({_pct(v, mflops)})" for v in ours)])
+        ours = [
+            by[(g, w)]["macs"] / 1e6 if (g, w) in by else None for g in pub.SHUFFLENET_TABLE1_MFLOPS
+        ]
+        t2.append(
+            [f"{w}x", mflops, *("-" if v is None else f"{v:.1f} ({_pct(v, mflops)})" for v in ours)]
+        )
     for w, mflops in pub.SHUFFLENET_WIDE_MFLOPS.items():
+        if (3, w) not in by:
+            continue
         ours = by[(3, w)]["macs"] / 1e6
         t2.append(
             [f"{w}x (g=3 only)", mflops, "", "", f"{ours:.1f} ({_pct(ours, mflops)})", "", ""]
@@ -100,11 +111,11 @@ def run_complexity(opts: ReproduceOptions) -> dict:
         f"{w}x g={g}"
         for w, (mflops, _) in pub.SHUFFLENET_TABLE2.items()
         for g in pub.SHUFFLENET_TABLE1_MFLOPS
-        if round(by[(g, w)]["macs"] / 1e6) == mflops
+        if (g, w) in by and round(by[(g, w)]["macs"] / 1e6) == mflops
     ] + [
         f"{w}x g=3"
         for w, mflops in pub.SHUFFLENET_WIDE_MFLOPS.items()
-        if round(by[(3, w)]["macs"] / 1e6) == mflops
+        if (3, w) in by and round(by[(3, w)]["macs"] / 1e6) == mflops
     ]
     md.p(
         "The paper gives one complexity per width for all g, and only the g=3 widths were released; for other g "
@@ -161,20 +172,20 @@ def run_complexity(opts: ReproduceOptions) -> dict:
         "(1,418 in NIN, 10,568 in AlexNet): the published counter adds one multiply-add per filter for its bias."
     )
 
-    fig = plot_bars(
-        [f"g={g}" for g in pub.SHUFFLENET_TABLE1_MFLOPS],
-        {
-            "published (Table 1)": list(pub.SHUFFLENET_TABLE1_MFLOPS.values()),
-            "ours, conv only": [
-                by[(g, 1.0)]["conv_macs"] / 1e6 for g in pub.SHUFFLENET_TABLE1_MFLOPS
-            ],
-            "ours, total": [by[(g, 1.0)]["macs"] / 1e6 for g in pub.SHUFFLENET_TABLE1_MFLOPS],
-        },
-        opts.out / "complexity_table1.png",
-        ylabel="million multiply-adds",
-        title="ShuffleNet 1x, 224x224",
-    )
-    md.figure(fig.name, "ShuffleNet 1x multiply-adds per g: Table 1 against our counts")
+    t1_groups = [g for g in pub.SHUFFLENET_TABLE1_MFLOPS if (g, 1.0) in by]
+    if t1_groups:
+        fig = plot_bars(
+            [f"g={g}" for g in t1_groups],
+            {
+                "published (Table 1)": [pub.SHUFFLENET_TABLE1_MFLOPS[g] for g in t1_groups],
+                "ours, conv only": [by[(g, 1.0)]["conv_macs"] / 1e6 for g in t1_groups],
+                "ours, total": [by[(g, 1.0)]["macs"] / 1e6 for g in t1_groups],
+            },
+            opts.out / "complexity_table1.png",
+            ylabel="million multiply-adds",
+            title="ShuffleNet 1x, 224x224",
+        )
+        md.figure(fig.name, "ShuffleNet 1x multiply-adds per g: Table 1 against our counts")
 
     md.h2("All registered ShuffleNet v1 variants")
     md.table(
