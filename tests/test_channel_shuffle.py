@@ -356,6 +356,11 @@ def _export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning"
+)  # the TorchScript exporter is tested on purpose
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_onnx_export_and_onnxruntime(dynamo, tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx is not installed")
@@ -386,6 +391,11 @@ def test_onnx_export_and_onnxruntime(dynamo, tmp_path):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning"
+)  # the TorchScript exporter is tested on purpose
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_onnx_shuffle_alone_is_exact_permutation(dynamo, tmp_path):
     pytest.importorskip("onnx", reason="onnx is not installed")
