@@ -136,7 +136,11 @@ def conv_costs(
         w = kh * kw * (c1 // g) * c2
         rows.append(
             ArrangementCost(
-                "grouped", out_shape, w, positions_out * w, f"{g} groups of {kh}x{kw}x{c1 // g}"
+                "grouped",
+                out_shape,
+                w,
+                positions_out * w,
+                f"{g} group{'s' if g > 1 else ''} of {kh}x{kw}x{c1 // g}",
             )
         )
 
