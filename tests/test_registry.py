@@ -39,14 +39,13 @@ def test_list_models_pattern():
 
 
 def test_top_level_exports():
-    for name in (
-        "create_model",
-        "list_models",
-        "register_model",
-        "channel_shuffle",
-        "ShuffleNetV1",
-        "profile",
-    ):
+    names = (
+        "create_model", "list_models", "register_model", "channel_shuffle", "channel_unshuffle",
+        "ChannelShuffle", "ChannelUnshuffle", "GroupConv2d", "PointwiseGroupConv2d", "DepthwiseConv2d",
+        "DepthwiseSeparableConv2d", "ConvBnAct", "ShuffleUnit", "ShuffleNetV1", "grouped_conv2d_reference",
+        "profile", "save_model", "load_model",
+    )  # fmt: skip
+    for name in names:
         assert name in shufflenet.__all__ and hasattr(shufflenet, name)
 
 
