@@ -143,7 +143,17 @@ def load_model(
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load the weights of a ``.safetensors`` file (model file or bare state dict) into ``model``."""
+    """Load the weights of a ``.safetensors`` file (model file or bare state dict) into ``model``.
+
+    A ``torch.save`` file (``.pth``, ``.pt``, ``.pth.tar``, ...) holding a state dict is read with
+    ``torch.load(weights_only=True)`` (see :mod:`shufflenet.interop.torch_files`).
+    """
+    if Path(path).suffix.lower() != ".safetensors":
+        from .interop.torch_files import TORCH_SUFFIXES, load_torch_weights
+
+        if Path(path).suffix.lower() in TORCH_SUFFIXES:
+            _load_state(model, load_torch_weights(path), path)
+            return model
     tensors, _ = _read(path)
     _load_state(model, tensors, path)
     return model

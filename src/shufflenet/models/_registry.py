@@ -58,7 +58,8 @@ def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) ->
     Args:
         name: a name from :func:`list_models`, e.g. ``"shufflenet_v1_g3_x1_0"``.
         weights: optional path to a local ``.safetensors`` weight file (a checkpoint written by
-            :func:`shufflenet.checkpoint.save_model`, or a bare state dict) loaded strictly.
+            :func:`shufflenet.checkpoint.save_model`, or a bare state dict) or ``torch.save`` state dict
+            (``.pth``/``.pt``, read with ``weights_only=True``), loaded strictly.
         **kwargs: passed to the model, e.g. ``num_classes=10``, ``small_input=True``.
     """
     model = get_model_factory(name)(**kwargs)

@@ -1,0 +1,98 @@
+"""``shufflenet convert --from {megvii,torchvision} IN OUT``: published checkpoint -> shufflenet model file.
+
+The output (``.safetensors`` with JSON metadata, see :mod:`shufflenet.checkpoint`) records the architecture and
+the input convention of the weights, so ``evaluate``, ``predict`` and ``export`` use it directly. The input is
+read with ``torch.load(weights_only=True)``: nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import save_model
+from ..interop.megvii import MEGVII_V1_INPUT_SPEC, convert_megvii_v1
+from ..interop.torch_files import load_torch_state_dict
+from ..interop.torchvision_v2 import convert_torchvision_v2, torchvision_v2_input_spec
+
+SOURCES = {
+    "megvii": "ShuffleNet v1 of megvii-model/ShuffleNet-Series (ShuffleNetV1), g=3 or g=8, 0.5x-2.0x",
+    "torchvision": "torchvision shufflenet_v2_x0_5 / x1_0 / x1_5 / x2_0 state dicts",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shufflenet convert",
+        description="Convert a published checkpoint (.pth) into a shufflenet model file (.safetensors). "
+        "Sources: " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--from", dest="source", required=True, choices=sorted(SOURCES), help="checkpoint layout"
+    )
+    p.add_argument("input", type=Path, help="the published checkpoint (torch.save file)")
+    p.add_argument("output", type=Path, help="model file to write (.safetensors)")
+    p.add_argument(
+        "--class-names",
+        type=Path,
+        default=None,
+        help="text file with one class name per line, stored in the model file",
+    )
+    return p
+
+
+def _read_class_names(path: Path, num_classes: int) -> list[str]:
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{str(path)!r} lists {len(names)} class names; the model has {num_classes} classes"
+        )
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        state = load_torch_state_dict(args.input)
+        if args.source == "megvii":
+            model, config = convert_megvii_v1(state)
+            spec = MEGVII_V1_INPUT_SPEC
+            extra = {
+                "converted_from": "megvii-model/ShuffleNet-Series ShuffleNetV1",
+                "source_file": args.input.name,
+                "groups": config.groups,
+                "model_size": config.model_size,
+            }
+            what = (
+                f"Megvii ShuffleNet v1 g={config.groups} {config.model_size or '(custom widths)'}"
+            )
+        else:
+            model, config = convert_torchvision_v2(state)
+            spec = torchvision_v2_input_spec(config.width_mult)
+            extra = {"converted_from": "torchvision shufflenet_v2", "source_file": args.input.name}
+            what = f"torchvision ShuffleNet v2 {config.width_mult or '(custom widths)'}x"
+        num_classes = model.num_classes
+        class_names = _read_class_names(args.class_names, num_classes) if args.class_names else None
+        with torch.no_grad():  # the converted model must run; a quick smoke test at a small size
+            out = model(torch.zeros(1, spec.in_chans, 64, 64))
+        if out.shape != (1, num_classes):
+            raise RuntimeError(f"converted model gives output shape {tuple(out.shape)}")
+        save_model(args.output, model, input_spec=spec, class_names=class_names, extra=extra)
+    except (OSError, ValueError) as e:
+        print(f"shufflenet convert: {e}", file=sys.stderr)
+        return 1
+    cfg = model.model_cfg
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"read {args.input}: {what}, {len(state)} tensors, {num_classes} classes")
+    print(f"arch {cfg['arch']} {cfg['kwargs']}")
+    print(f"{n_params:,} parameters")
+    print(
+        f"input: {spec.channel_order}, pixel scale {spec.scale:g}, mean {spec.mean}, std {spec.std}, "
+        f"resize {spec.resize_size} -> crop {spec.image_size}"
+    )
+    print(f"wrote {args.output}")
+    return 0

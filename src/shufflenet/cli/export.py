@@ -1,0 +1,124 @@
+"""``shufflenet export CHECKPOINT --onnx OUT``: model file -> ONNX, checked against ONNX Runtime on the spot.
+
+The graph takes ``input`` of shape (batch, C, height, width), all dynamic, and gives ``logits``; batch norm is
+folded into the convolutions and channel shuffles are Reshape-Transpose-Reshape. The model file's input
+convention is stored in the ONNX metadata (``shufflenet.input_spec``). The command fails (exit 1) when ONNX
+Runtime and PyTorch differ by more than ``--atol + --rtol * max|output|``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..checkpoint import load_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shufflenet export",
+        description="Export a shufflenet model file to ONNX (dynamic batch and spatial size, batch norm "
+        "folded) and compare ONNX Runtime with PyTorch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path, help="model file (.safetensors) written by shufflenet")
+    p.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="side of the example input, pixels; unset: the model file's image size",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset; unset: the exporter's default (the dynamo exporter writes 18 or newer)",
+    )
+    p.add_argument(
+        "--dynamo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.export-based exporter (--no-dynamo: the TorchScript one)",
+    )
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check")
+    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to max |output|")
+    p.add_argument(
+        "--static-size",
+        action="store_true",
+        help="fix height and width to --input-size (only the batch stays dynamic); for models whose "
+        "pooling is not global, such as AlexNet",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dynamic_spatial = not args.static_size
+    try:
+        from ..interop.onnx_export import check_onnx, export_onnx, summarize_onnx
+
+        model, info = load_model(args.checkpoint)
+        size = args.input_size or info.input_spec.image_size
+        if size < 1:
+            raise ValueError(f"--input-size {size} must be positive")
+        in_chans = info.input_spec.in_chans
+        export_onnx(
+            model,
+            args.onnx,
+            input_size=size,
+            in_chans=in_chans,
+            opset=args.opset,
+            dynamo=args.dynamo,
+            input_spec=info.input_spec,
+            dynamic_spatial=dynamic_spatial,
+        )
+        summary = summarize_onnx(args.onnx)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
+        print(f"shufflenet export: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {args.onnx} ({args.onnx.stat().st_size / 1e6:.2f} MB, opset {summary.opset}, "
+        f"{'dynamo' if args.dynamo else 'TorchScript'} exporter): input {summary.input_shape}, "
+        f"output {summary.output_shape}"
+    )
+    print(
+        f"BatchNormalization nodes: {summary.batchnorm_nodes}; channel shuffles as "
+        f"Reshape-Transpose-Reshape: {summary.shuffles} (of {summary.transposes} Transpose nodes)"
+    )
+    if args.opset is not None and summary.opset != args.opset:
+        print(f"note: opset {args.opset} was asked for; the exporter wrote opset {summary.opset}")
+    dynamic = summary.dynamic_input if dynamic_spatial else isinstance(summary.input_shape[0], str)
+    if not dynamic:
+        print(
+            f"shufflenet export: input shape {summary.input_shape} is not dynamic", file=sys.stderr
+        )
+        return 1
+    if args.no_check:
+        return 0
+    try:
+        check = check_onnx(
+            model,
+            args.onnx,
+            input_size=size,
+            in_chans=in_chans,
+            dynamic_spatial=dynamic_spatial,
+            input_spec=info.input_spec,
+        )
+    except RuntimeError as e:
+        print(f"shufflenet export: {e}", file=sys.stderr)
+        return 1
+    shapes = ", ".join("x".join(map(str, s)) for s in check.shapes)
+    print(
+        f"ONNX Runtime vs PyTorch on random images {shapes}: max abs difference {check.max_abs_diff:.3g} "
+        f"(max |output| {check.max_abs_output:.3g})"
+    )
+    if not check.ok(args.atol, args.rtol):
+        print(
+            f"shufflenet export: difference above tolerance (atol {args.atol:g}, rtol {args.rtol:g})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,158 @@
+"""ONNX export: batch norm folding, graph structure (dynamic shapes, no BatchNormalization, shuffles as
+Reshape-Transpose-Reshape), ONNX Runtime agreement, and checkpoint -> ONNX -> ONNX Runtime end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from shufflenet import create_model, save_model
+from shufflenet.cli.export import main as export_main
+from shufflenet.data.spec import InputSpec
+from shufflenet.interop import check_onnx, export_onnx, fold_batchnorm, summarize_onnx
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.1, generator=gen)
+    return model.eval()
+
+
+def _ort_run(path, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+@pytest.mark.parametrize(
+    "name", ["shufflenet_v1_g3_x0_25", "shufflenet_v1_g8_x0_5", "shufflenet_v2_x0_5"]
+)
+def test_fold_batchnorm_keeps_outputs_and_removes_bn(name):
+    model = _randomize_bn(create_model(name, num_classes=10))
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(folded(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_fold_batchnorm_leaves_bn_without_conv():
+    seq = nn.Sequential(
+        nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(), nn.BatchNorm2d(4)
+    )
+    fold_batchnorm(seq.eval())
+    assert [type(m) for m in seq] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+
+
+def test_export_v2_torchscript_exporter(tmp_path):
+    model = _randomize_bn(create_model("shufflenet_v2_x0_5", num_classes=10))
+    path = export_onnx(model, tmp_path / "v2.onnx", input_size=64, dynamo=False, opset=17)
+    summary = summarize_onnx(path)
+    assert summary.opset == 17
+    assert summary.batchnorm_nodes == 0
+    assert summary.shuffles == summary.transposes == 16  # one shuffle per unit
+    assert summary.dynamic_input and summary.input_shape[1] == 3
+    assert summary.output_shape[1] == 10
+    check = check_onnx(model, path, input_size=64)
+    assert check.max_abs_output > 0.1
+    assert check.ok(1e-4, 1e-4), check
+    # batch, height and width all differ from the traced example
+    x = torch.randn(3, 3, 80, 112)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(
+            _ort_run(path, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item()
+        )
+
+
+def test_checkpoint_to_onnx_to_ort_end_to_end(tmp_path, capsys):
+    model = _randomize_bn(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    spec = InputSpec(
+        image_size=64,
+        resize_size=None,
+        channel_order="BGR",
+        scale=255.0,
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+    )
+    ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "tiny.onnx"
+    save_model(ckpt, model, input_spec=spec)
+
+    assert (
+        export_main([str(ckpt), "--onnx", str(out)]) == 0
+    )  # dynamo exporter, example size from spec
+    printed = capsys.readouterr().out
+    assert "max abs difference" in printed
+    assert "BatchNormalization nodes: 0" in printed
+    assert "Reshape-Transpose-Reshape: 16" in printed
+
+    summary = summarize_onnx(out)
+    assert summary.batchnorm_nodes == 0 and summary.shuffles == 16
+    assert summary.dynamic_input
+    assert InputSpec.from_dict(json.loads(summary.metadata["shufflenet.input_spec"])) == spec
+    assert summary.metadata["shufflenet.arch"] == "shufflenet_v1_g3_x0_25"
+    x = torch.randn(2, 3, 96, 72) * 100
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(_ort_run(out, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_converted_megvii_checkpoint_exports(tmp_path, capsys):
+    from test_interop_megvii import RELEASE, megvii_state, reference_forward
+
+    from shufflenet.cli.convert import main as convert_main
+
+    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=11)
+    src, ckpt, out = tmp_path / "m.pth", tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, src)
+    assert convert_main(["--from", "megvii", str(src), str(ckpt)]) == 0
+    assert export_main([str(ckpt), "--onnx", str(out), "--no-dynamo", "--opset", "17"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    x = torch.rand(1, 3, 224, 224) * 255  # BGR, 0-255: the release's input convention
+    ref = reference_forward(state, 3, x)[0]
+    torch.testing.assert_close(_ort_run(out, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_export_errors(tmp_path, capsys):
+    assert (
+        export_main([str(tmp_path / "missing.safetensors"), "--onnx", str(tmp_path / "o.onnx")])
+        == 1
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "x.safetensors")])  # --onnx is required
+
+
+def test_static_spatial_size_for_non_global_pooling(tmp_path):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    model = _randomize_bn(model)
+    path = export_onnx(model, tmp_path / "s.onnx", input_size=32, dynamic_spatial=False)
+    summary = summarize_onnx(path)
+    assert summary.input_shape == ["batch", 3, 32, 32]
+    assert not summary.dynamic_input and summary.batchnorm_nodes == 0
+    check = check_onnx(model, path, input_size=32, dynamic_spatial=False)
+    assert check.shapes == [(1, 3, 32, 32), (2, 3, 32, 32)]
+    assert check.ok(1e-4, 1e-4), check

@@ -1,0 +1,314 @@
+"""Megvii ShuffleNet v1 checkpoints: layout, mapping layer by layer, and outputs against an independent
+functional re-implementation of the release's forward pass (written here from its description, not from our
+model code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shufflenet import create_model, load_model
+from shufflenet.cli.convert import main as convert_main
+from shufflenet.data.spec import InputSpec
+from shufflenet.interop import (
+    MEGVII_V1_INPUT_SPEC,
+    convert_megvii_v1,
+    create_megvii_v1,
+    infer_megvii_v1_config,
+    load_megvii_v1,
+    megvii_v1_key_map,
+)
+
+# The release's widths: (groups, model size) -> (stem, stage2, stage3, stage4).
+RELEASE = {
+    (3, "0.5x"): (12, 120, 240, 480),
+    (3, "1.0x"): (24, 240, 480, 960),
+    (3, "1.5x"): (24, 360, 720, 1440),
+    (3, "2.0x"): (48, 480, 960, 1920),
+    (8, "0.5x"): (16, 192, 384, 768),
+    (8, "1.0x"): (24, 384, 768, 1536),
+    (8, "1.5x"): (24, 576, 1152, 2304),
+    (8, "2.0x"): (48, 768, 1536, 3072),
+}
+REPEATS = (4, 8, 4)
+
+
+def _bn(prefix: str, c: int, gen: torch.Generator, state: dict) -> None:
+    state[f"{prefix}.weight"] = torch.rand(c, generator=gen) + 0.5
+    state[f"{prefix}.bias"] = torch.randn(c, generator=gen) * 0.1
+    state[f"{prefix}.running_mean"] = torch.randn(c, generator=gen) * 0.1
+    state[f"{prefix}.running_var"] = torch.rand(c, generator=gen) + 0.5
+    state[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
+
+
+def _conv(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    fan_in = shape[1] * shape[2] * shape[3]
+    return torch.randn(*shape, generator=gen) * (2.0 / fan_in) ** 0.5
+
+
+def megvii_state(
+    groups: int, widths: tuple[int, ...], num_classes: int = 1000, seed: int = 0
+) -> dict:
+    """A random state dict with the key names and shapes of the release's ShuffleNetV1."""
+    gen = torch.Generator().manual_seed(seed)
+    stem, stages = widths[0], widths[1:]
+    state: dict[str, torch.Tensor] = {"first_conv.0.weight": _conv((stem, 3, 3, 3), gen)}
+    _bn("first_conv.1", stem, gen, state)
+    inp, k = stem, 0
+    for s, (oup, n) in enumerate(zip(stages, REPEATS)):
+        for i in range(n):
+            stride = 2 if i == 0 else 1
+            mid = oup // 4
+            branch = oup - inp if stride == 2 else oup
+            g1 = 1 if (s == 0 and i == 0) else groups
+            p = f"features.{k}"
+            state[f"{p}.branch_main_1.0.weight"] = _conv((mid, inp // g1, 1, 1), gen)
+            _bn(f"{p}.branch_main_1.1", mid, gen, state)
+            state[f"{p}.branch_main_1.3.weight"] = _conv((mid, 1, 3, 3), gen)
+            _bn(f"{p}.branch_main_1.4", mid, gen, state)
+            state[f"{p}.branch_main_2.0.weight"] = _conv((branch, mid // groups, 1, 1), gen)
+            _bn(f"{p}.branch_main_2.1", branch, gen, state)
+            inp, k = oup, k + 1
+    state["classifier.0.weight"] = torch.randn(num_classes, inp, generator=gen) * 0.01
+    return state
+
+
+def reference_forward(
+    state: dict, groups: int, x: torch.Tensor, global_pool: str = "avg7"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The release's forward pass, functionally: returns logits and [stem, maxpool, unit 0, unit 1, ...]."""
+
+    def bn(t, p):
+        return F.batch_norm(
+            t,
+            state[f"{p}.running_mean"],
+            state[f"{p}.running_var"],
+            state[f"{p}.weight"],
+            state[f"{p}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    trace = []
+    x = F.relu(bn(F.conv2d(x, state["first_conv.0.weight"], stride=2, padding=1), "first_conv.1"))
+    trace.append(x)
+    x = F.max_pool2d(x, 3, 2, 1)
+    trace.append(x)
+    k = 0
+    while f"features.{k}.branch_main_1.0.weight" in state:
+        p = f"features.{k}"
+        w1 = state[f"{p}.branch_main_1.0.weight"]
+        g1 = x.shape[1] // w1.shape[1]
+        stride = 2 if (k == 0 or k == 4 or k == 12) else 1
+        y = F.relu(bn(F.conv2d(x, w1, groups=g1), f"{p}.branch_main_1.1"))
+        wd = state[f"{p}.branch_main_1.3.weight"]
+        y = bn(
+            F.conv2d(y, wd, stride=stride, padding=1, groups=wd.shape[0]), f"{p}.branch_main_1.4"
+        )
+        # shuffle as in the release: (b, c/g, g, h, w) -> permute(0, 2, 1, 3, 4) -> (b, c, h, w)
+        b, c, h, w = y.shape
+        y = y.reshape(b, c // groups, groups, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
+        y = bn(
+            F.conv2d(y, state[f"{p}.branch_main_2.0.weight"], groups=groups), f"{p}.branch_main_2.1"
+        )
+        if stride == 1:
+            x = F.relu(y + x)
+        else:
+            x = torch.cat([F.avg_pool2d(x, 3, 2, 1), F.relu(y)], dim=1)
+        trace.append(x)
+        k += 1
+    x = F.avg_pool2d(x, 7) if global_pool == "avg7" else x.mean((2, 3), keepdim=True)
+    x = x.reshape(x.shape[0], -1)
+    return F.linear(x, state["classifier.0.weight"]), trace
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4) -> None:
+    """Equal up to float32 rounding, relative to the largest output (logits of 0-255 inputs are large)."""
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def _save_release_file(path, state: dict) -> None:
+    """As the release's training script saves: {'state_dict': DataParallel state dict} (``module.`` keys)."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+
+
+@pytest.mark.parametrize(("groups", "size"), list(RELEASE))
+def test_config_inferred_from_shapes(groups, size):
+    widths = RELEASE[(groups, size)]
+    state = megvii_state(groups, widths, num_classes=7)
+    cfg = infer_megvii_v1_config(state)
+    assert cfg.groups == groups
+    assert cfg.stem_channels == widths[0]
+    assert cfg.stage_channels == widths[1:]
+    assert cfg.stage_repeats == REPEATS
+    assert cfg.num_classes == 7
+    assert cfg.classifier_bias is False
+    assert cfg.model_size == size
+    name, kwargs = cfg.arch()
+    assert name == f"shufflenet_v1_g{groups}_x{size[:-1].replace('.', '_')}"
+    assert kwargs == {
+        "num_classes": 7,
+        "shuffle": "unshuffle",
+        "shuffle_position": "after_dw",
+        "classifier_bias": False,
+    }
+
+
+@pytest.mark.parametrize(("groups", "size"), list(RELEASE))
+def test_mapping_layer_by_layer_and_outputs(groups, size, tmp_path):
+    widths = RELEASE[(groups, size)]
+    state = megvii_state(groups, widths, seed=groups)
+    path = tmp_path / "snetv1.pth.tar"
+    _save_release_file(path, state)
+    model, cfg = load_megvii_v1(path)
+    assert not model.training
+
+    # every tensor of the release lands, unchanged, on exactly one of ours, and covers all of ours
+    ours = model.state_dict()
+    mapping = megvii_v1_key_map(cfg)
+    assert set(mapping) == set(state)
+    assert set(mapping.values()) == set(ours)
+    assert len(set(mapping.values())) == len(mapping)
+    for theirs, mine in mapping.items():
+        assert torch.equal(ours[mine], state[theirs]), (theirs, mine)
+
+    # activations layer by layer: stem, max pool, then each of the 16 units
+    acts = []
+    hooks = [model.stem.register_forward_hook(lambda m, i, o: acts.append(o))]
+    hooks.append(model.pool.register_forward_hook(lambda m, i, o: acts.append(o)))
+    for stage in model.stages:
+        for unit in stage:
+            hooks.append(unit.register_forward_hook(lambda m, i, o: acts.append(o)))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 60 + 110
+    with torch.no_grad():
+        out = model(x)
+        ref, trace = reference_forward(state, groups, x)
+    for h in hooks:
+        h.remove()
+    assert len(acts) == len(trace) == 2 + sum(REPEATS)
+    for i, (a, r) in enumerate(zip(acts, trace)):
+        torch.testing.assert_close(
+            a, r, rtol=1e-4, atol=1e-4 * r.abs().max().item(), msg=f"layer {i}"
+        )
+    assert_close_scaled(out, ref)
+
+
+def test_convert_cli_writes_complete_model_file(tmp_path, capsys):
+    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=5)
+    src, dst = tmp_path / "g3_0.5x.pth", tmp_path / "g3_0.5x.safetensors"
+    _save_release_file(src, state)
+    assert convert_main(["--from", "megvii", str(src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert "shufflenet_v1_g3_x0_5" in printed and "BGR" in printed
+
+    model, info = load_model(dst)
+    assert info.arch == "shufflenet_v1_g3_x0_5"
+    assert info.arch_kwargs["shuffle"] == "unshuffle"
+    assert info.arch_kwargs["shuffle_position"] == "after_dw"
+    assert info.arch_kwargs["classifier_bias"] is False
+    assert info.input_spec == InputSpec(
+        image_size=224,
+        resize_size=256,
+        channel_order="BGR",
+        scale=255.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
+    assert info.input_spec == MEGVII_V1_INPUT_SPEC
+    assert info.extra["groups"] == 3 and info.extra["model_size"] == "0.5x"
+    assert model.fc.bias is None
+
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        assert_close_scaled(model(x), reference_forward(state, 3, x)[0])
+        # any input size: the release's fixed 7x7 pool becomes a global average
+        for hw in ((160, 160), (257, 193)):
+            x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(3)) * 255
+            ref = reference_forward(state, 3, x, global_pool="global")[0]
+            assert_close_scaled(model(x), ref)
+
+
+def test_convert_cli_class_names(tmp_path):
+    state = megvii_state(8, RELEASE[(8, "0.5x")], num_classes=3)
+    src, dst, names = tmp_path / "a.pth", tmp_path / "a.safetensors", tmp_path / "names.txt"
+    _save_release_file(src, state)
+    names.write_text("cat\ndog\nbird\n")
+    assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 0
+    assert load_model(dst)[1].class_names == ["cat", "dog", "bird"]
+    names.write_text("cat\ndog\n")
+    assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 1
+
+
+def test_plain_state_dict_without_prefix_and_without_num_batches_tracked(tmp_path):
+    state = megvii_state(3, RELEASE[(3, "1.0x")], num_classes=5)
+    trimmed = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "model.mdl"
+    torch.save(trimmed, path)
+    model, cfg = load_megvii_v1(path)
+    assert cfg.model_size == "1.0x"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_close_scaled(model(x), reference_forward(state, 3, x)[0])
+
+
+def test_create_megvii_v1_matches_release_layout():
+    model = create_megvii_v1(8, "1.5x", num_classes=1000)
+    state = megvii_state(8, RELEASE[(8, "1.5x")])
+    converted, _ = convert_megvii_v1(state)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in converted.state_dict().items()
+    }
+    with pytest.raises(ValueError, match="model_size"):
+        create_megvii_v1(3, "3.0x")
+
+
+def test_create_model_refuses_megvii_file_with_a_hint(tmp_path):
+    path = tmp_path / "m.pth"
+    _save_release_file(path, megvii_state(3, RELEASE[(3, "0.5x")]))
+    with pytest.raises(ValueError, match="convert --from megvii"):
+        create_model("shufflenet_v1_g3_x0_5", weights=path)
+
+
+def test_damaged_state_dicts_are_reported():
+    good = megvii_state(3, RELEASE[(3, "0.5x")])
+    missing = dict(good)
+    del missing["features.3.branch_main_1.4.running_var"]
+    with pytest.raises(ValueError, match="running_var"):
+        convert_megvii_v1(missing)
+    extra = dict(good, **{"features.0.branch_main_9.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="branch_main_9"):
+        convert_megvii_v1(extra)
+    bad_fc = dict(good, **{"classifier.0.weight": torch.zeros(10, 17)})
+    with pytest.raises(ValueError, match="classifier"):
+        convert_megvii_v1(bad_fc)
+    with pytest.raises(ValueError, match="not a Megvii"):
+        convert_megvii_v1({"fc.weight": torch.zeros(2, 2)})
+
+
+_EXECUTED = []
+
+
+def _mark_executed(*args):
+    _EXECUTED.append(args)
+    return {}
+
+
+class _CodeOnLoad:
+    def __reduce__(self):
+        return (_mark_executed, ("loaded",))
+
+
+def test_pickles_needing_code_are_refused_not_run(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _CodeOnLoad()}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_megvii_v1(path)
+    assert convert_main(["--from", "megvii", str(path), str(tmp_path / "o.safetensors")]) == 1
+    assert _EXECUTED == []
+    assert not (tmp_path / "o.safetensors").exists()
+    # the file does carry code: the unrestricted unpickler runs it (our own test object, harmless)
+    torch.load(path, weights_only=False)
+    assert _EXECUTED == [("loaded",)]
+    _EXECUTED.clear()
