@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="a sentence about the data for the report (e.g. its provenance)",
     )
+    p.add_argument(
+        "--save-checkpoints",
+        action="store_true",
+        help="keep the trained models in OUT/checkpoints/",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             progress=not args.no_progress and sys.stderr.isatty(),
             data_note=args.data_note,
+            save_checkpoints=args.save_checkpoints,
             argv=argv,
             extra={k: v for k, v in extra.items() if v is not None},
         )

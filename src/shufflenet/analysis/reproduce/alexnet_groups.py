@@ -26,6 +26,7 @@ from .common import (
     data_line,
     fmt_int,
     load_splits,
+    maybe_save,
     provenance,
     train_eval,
 )
@@ -53,6 +54,7 @@ def run_alexnet_groups(opts: ReproduceOptions) -> dict:
     model = create_model("alexnet_g2", num_classes=len(train_ds.classes), in_chans=spec.in_chans)
     before = filter_groups(model, "conv1")
     res = train_eval(model, train_ds, test_ds, spec, opts, desc="alexnet_g2")
+    maybe_save(model, opts, "alexnet_g2", spec, train_ds.classes)
     after = filter_groups(model.cpu(), "conv1")
     rep = profile(model, (spec.in_chans, size, size))
     fig = plot_filter_groups(after, opts.out / "conv1_filters.png", spec.channel_order)

@@ -26,6 +26,7 @@ __all__ = [
     "load_splits",
     "JPEG_CIFAR_NOTE",
     "data_line",
+    "maybe_save",
 ]
 
 # Per budget: training images, test images, epochs, images for the correlation panels.
@@ -61,6 +62,7 @@ class ReproduceOptions:
     threads: int | None = None
     progress: bool = False
     data_note: str = ""
+    save_checkpoints: bool = False
     argv: list[str] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -181,3 +183,21 @@ def data_line(opts: ReproduceOptions, train_ds: Any, test_ds: Any, extra: str = 
         f"data: `{opts.data}` ({name}: {len(train_ds)} training, {len(test_ds)} test images){extra}"
     )
     return line + (f"; {opts.data_note}" if opts.data_note else "")
+
+
+def maybe_save(
+    model: nn.Module, opts: ReproduceOptions, name: str, spec: Any, classes: Sequence[str]
+) -> None:
+    """With ``opts.save_checkpoints``, write ``model`` to ``out/checkpoints/<name>.safetensors`` (a model file
+    that ``shufflenet correlate``, ``filters`` and ``evaluate`` read)."""
+    if not opts.save_checkpoints:
+        return
+    from ...checkpoint import save_model
+
+    save_model(
+        opts.out / "checkpoints" / f"{name}.safetensors",
+        model,
+        input_spec=spec,
+        class_names=list(classes),
+        extra={"reproduce": opts.to_dict()},
+    )

@@ -26,6 +26,7 @@ from .common import (
     data_line,
     fmt_int,
     load_splits,
+    maybe_save,
     provenance,
     train_eval,
 )
@@ -53,6 +54,7 @@ def run_groups(opts: ReproduceOptions) -> dict:
         torch.manual_seed(opts.seed)
         model = create_model(_name(root), num_classes=len(train_ds.classes), in_chans=spec.in_chans)
         res = train_eval(model, train_ds, test_ds, spec, opts, desc=f"root-{root}")
+        maybe_save(model, opts, _name(root), spec, train_ds.classes)
         rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
         res.update(params=rep.params, macs=rep.macs)
         corr_loader = loader_for(test_ds, spec, False, 2 * opts.batch_size)

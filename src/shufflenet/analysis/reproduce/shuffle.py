@@ -25,6 +25,7 @@ from .common import (
     data_line,
     fmt_int,
     load_splits,
+    maybe_save,
     provenance,
     train_eval,
 )
@@ -75,6 +76,7 @@ def run_shuffle(opts: ReproduceOptions) -> dict:
                     shuffle=shuffle,
                 )
                 res = train_eval(model, train_ds, test_ds, spec, opts, desc=key)
+                maybe_save(model, opts, key.replace("/", "_"), spec, train_ds.classes)
                 rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
                 res.update(params=rep.params, macs=rep.macs, groups=g, width=w, shuffle=shuffle)
                 results[key] = res
