@@ -1,0 +1,104 @@
+"""``shufflenet bench MODEL``: inference latency of one model on several backends, measured together.
+
+Every backend is built from the same (random or given) weights, checked against eager PyTorch, warmed up and
+then timed in interleaved rounds (one forward pass of each backend per round, in a rotating order), so that a
+change of machine load hits all backends alike. Prints median latency (and its p10-p90 spread), images/s,
+achieved GFLOP/s (2 x multiply-adds / median), the ratio of every pair of backends and the load average; writes
+the same as JSON (``--json``) and a bar chart (``--plot``).
+
+Example::
+
+    shufflenet bench shufflenet_v1_g3_x1_0 --batch 1 --threads 2 --json bench.json --plot bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..deploy.api import BACKENDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shufflenet bench",
+        description="Median latency, images/s, GFLOP/s and ratios of inference backends, timed in interleaved "
+        "rounds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="registered model name (see `shufflenet list`)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    p.add_argument("--threads", type=int, default=2, help="threads for every backend")
+    p.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated subset of {','.join(BACKENDS)}",
+    )
+    p.add_argument("--input-size", type=int, default=224, help="input height = width, pixels")
+    p.add_argument(
+        "--weights", default=None, help="optional .safetensors weights (timing does not need them)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds (default: fit --time-budget)"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=20.0,
+        help="seconds of timed rounds when --rounds is unset",
+    )
+    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes per backend")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends:
+        print(
+            f"shufflenet bench: unknown backend(s) {bad}; choose from {','.join(BACKENDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    for name, v in (
+        ("--batch", args.batch),
+        ("--threads", args.threads),
+        ("--input-size", args.input_size),
+    ):
+        if v < 1:
+            print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
+            return 2
+    from ..deploy.benchmark import format_table, plot_result, run_benchmark
+    from ..models import create_model
+
+    try:
+        model = create_model(args.model, weights=args.weights)
+    except ValueError as e:
+        print(f"shufflenet bench: {e}", file=sys.stderr)
+        return 2
+    log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    res = run_benchmark(
+        model,
+        batch=args.batch,
+        threads=args.threads,
+        backends=backends,
+        input_size=args.input_size,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        time_budget=args.time_budget,
+        log=log,
+    )
+    res.model = args.model
+    print(format_table(res))
+    if args.json:
+        from ..utils.atomic import atomic_write
+
+        with atomic_write(args.json) as f:
+            f.write(res.to_json())
+    if args.plot:
+        plot_result(res, args.plot)
+    return 0

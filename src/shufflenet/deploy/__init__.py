@@ -1,0 +1,26 @@
+"""Fast CPU inference: ``optimize(model, backend=...)`` returns an inference-only copy on one of five engines.
+
+    from shufflenet.deploy import optimize
+    fast = optimize(model, backend="native")        # or "optimized", "compile", "onnxruntime", "eager"
+    logits = fast(images)                           # same outputs as model.eval()(images), within 1e-4
+
+See :func:`optimize` for the backends, :mod:`.native` for the compiled engine, :mod:`.onnx` for ONNX export
+and ONNX Runtime, :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-copy speed, and
+``shufflenet bench`` / ``benchmarks/inference.py`` for measurements.
+"""
+
+from .api import BACKENDS, DeployedModel, available_backends, optimize
+from .fold import NotSupportedError, fold_conv_bn
+from .shuffle import FastChannelShuffle, channel_shuffle_nhwc, measure_shuffle_bandwidth
+
+__all__ = [
+    "BACKENDS",
+    "DeployedModel",
+    "FastChannelShuffle",
+    "NotSupportedError",
+    "available_backends",
+    "channel_shuffle_nhwc",
+    "fold_conv_bn",
+    "measure_shuffle_bandwidth",
+    "optimize",
+]

@@ -1,0 +1,132 @@
+"""Load the compiled engine (building it at first use) and pick the instruction set."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+from ._abi import ABI_VERSION, ISA_NAMES, SnOp, SnPlan
+from .build import BuildInfo, NativeUnavailable, build_library
+
+__all__ = ["NativeLibrary", "get_library", "is_available"]
+
+_lock = threading.Lock()
+_cached: NativeLibrary | None = None
+_error: NativeUnavailable | None = None
+
+
+@dataclass
+class NativeLibrary:
+    """The loaded engine. ``isa`` is the instruction set used (``SHUFFLENET_NATIVE_ISA`` may lower it)."""
+
+    cdll: ctypes.CDLL
+    info: BuildInfo
+    isa: int
+    supported: tuple[str, ...]
+
+    @property
+    def isa_name(self) -> str:
+        return ISA_NAMES[self.isa]
+
+    def vector_width(self, isa: int | None = None) -> int:
+        return int(self.cdll.sn_vector_width(self.isa if isa is None else isa))
+
+    def resolve_isa(self, name: str | None) -> int:
+        """ISA number for ``name`` (``None``: the best supported); a name the CPU lacks is an error."""
+        if name is None:
+            return self.isa
+        key = name.strip().lower()
+        if key not in ISA_NAMES:
+            raise ValueError(f"isa={name!r} must be one of {ISA_NAMES}")
+        if key not in self.supported:
+            raise ValueError(f"isa={name!r} is not available here (supported: {self.supported})")
+        return ISA_NAMES.index(key)
+
+
+def _load() -> NativeLibrary:
+    info = build_library()
+    lib = ctypes.CDLL(str(info.path))
+    lib.sn_abi_version.restype = ctypes.c_int
+    if lib.sn_abi_version() != ABI_VERSION:
+        raise NativeUnavailable(
+            f"native library ABI {lib.sn_abi_version()} != {ABI_VERSION}; delete {info.path.parent}"
+        )
+    lib.sn_sizeof_op.restype = ctypes.c_int
+    lib.sn_sizeof_plan.restype = ctypes.c_int
+    if lib.sn_sizeof_op() != ctypes.sizeof(SnOp) or lib.sn_sizeof_plan() != ctypes.sizeof(SnPlan):
+        raise NativeUnavailable("native library struct layout differs from the Python mirror")
+    lib.sn_isa_mask.restype = ctypes.c_int
+    lib.sn_vector_width.restype = ctypes.c_int
+    lib.sn_vector_width.argtypes = [ctypes.c_int]
+    lib.sn_run.restype = ctypes.c_int
+    lib.sn_run.argtypes = [
+        ctypes.POINTER(SnPlan),
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    lib.sn_channel_shuffle.restype = ctypes.c_int
+    lib.sn_channel_shuffle.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.sn_pack_size.restype = ctypes.c_int64
+    lib.sn_pack_size.argtypes = [ctypes.c_int, ctypes.POINTER(SnOp)]
+    lib.sn_pack.restype = None
+    lib.sn_pack.argtypes = [ctypes.c_int, ctypes.POINTER(SnOp), ctypes.c_void_p]
+    lib.sn_profile.restype = ctypes.c_int
+    lib.sn_profile.argtypes = [
+        ctypes.POINTER(SnPlan),
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_double),
+    ]
+    mask = int(lib.sn_isa_mask())
+    supported = tuple(n for i, n in enumerate(ISA_NAMES) if mask >> i & 1)
+    best = max(i for i in range(len(ISA_NAMES)) if mask >> i & 1)
+    want = os.environ.get("SHUFFLENET_NATIVE_ISA")
+    isa = best
+    if want:
+        key = want.strip().lower()
+        if key in supported:
+            isa = ISA_NAMES.index(key)
+    return NativeLibrary(lib, info, isa, supported)
+
+
+def get_library() -> NativeLibrary:
+    """The engine, built and loaded once per process. Raises :class:`NativeUnavailable` (with the reason)."""
+    global _cached, _error
+    if _cached is not None:
+        return _cached
+    with _lock:
+        if _cached is not None:
+            return _cached
+        if _error is not None:
+            raise _error
+        try:
+            _cached = _load()
+        except NativeUnavailable as e:
+            _error = e
+            raise
+        except OSError as e:
+            _error = NativeUnavailable(f"loading the native library failed: {e}")
+            raise _error from e
+        return _cached
+
+
+def is_available() -> bool:
+    """True if the native engine can be built (or is cached) and loads; never raises."""
+    try:
+        get_library()
+        return True
+    except NativeUnavailable:
+        return False

@@ -1,0 +1,494 @@
+/* Runtime of the native engine: instruction-set dispatch, a small thread pool, the plan executor and the
+ * exported C ABI (called from Python through ctypes; no Python or torch headers).
+ *
+ * Scheduling. With one image at a time (plan mode 0), every operation is cut into chunks; threads claim
+ * chunks in order from one atomic counter, and a chunk starts once the previous operation has completed
+ * (a per-operation counter of finished chunks). No thread ever waits for another thread to *arrive*, only for
+ * claimed work to finish, so a thread that the OS does not schedule (a busy machine) costs at most the chunk
+ * it holds and the others carry on. With one image per thread (mode 1), threads claim whole images.
+ * Idle workers spin for a short while, then sleep on a condition variable.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sn_native.h"
+#include "sn_vtab.h"
+
+extern const sn_vtab sn_vtab_generic;
+#if SN_HAVE_AVX2
+extern const sn_vtab sn_vtab_avx2;
+#endif
+#if SN_HAVE_AVX512
+extern const sn_vtab sn_vtab_avx512;
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* ------------------------------------------------------------------------------------------- ISA ------- */
+static int cpu_isa(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
+static const sn_vtab *vtab_for(int isa)
+{
+#if SN_HAVE_AVX512
+    if (isa >= 2) return &sn_vtab_avx512;
+#endif
+#if SN_HAVE_AVX2
+    if (isa >= 1) return &sn_vtab_avx2;
+#endif
+    (void)isa;
+    return &sn_vtab_generic;
+}
+
+/* Bit i set: instruction set i is compiled in and this CPU runs it. */
+SN_API int sn_isa_mask(void)
+{
+    const int cpu = cpu_isa();
+    int m = 1;
+#if SN_HAVE_AVX2
+    if (cpu >= 1) m |= 2;
+#endif
+#if SN_HAVE_AVX512
+    if (cpu >= 2) m |= 4;
+#endif
+    return m;
+}
+
+SN_API int sn_abi_version(void) { return SN_ABI_VERSION; }
+SN_API int sn_vector_width(int isa) { return vtab_for(isa)->vw; }
+SN_API int sn_sizeof_op(void) { return (int)sizeof(sn_op); }
+SN_API int sn_sizeof_plan(void) { return (int)sizeof(sn_plan); }
+
+/* Weights of op rearranged for instruction set isa: sn_pack_size floats (0: the op needs none) written by
+ * sn_pack into wp; op->w must be set. */
+SN_API int64_t sn_pack_size(int isa, const sn_op *op) { return vtab_for(isa)->pack_size(op); }
+SN_API void sn_pack(int isa, const sn_op *op, float *wp) { vtab_for(isa)->pack(op, wp); }
+
+/* ------------------------------------------------------------------------------------------ wait ------- */
+/* Waiting is spin-then-sleep: a short spin (cheap when both threads run), then a futex (Linux) or a short
+ * sleep, so that on a busy machine a waiting thread gives its CPU to the one it waits for. */
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double g_idle_spin = -1.0; /* seconds an idle worker spins before sleeping */
+static double g_wait_spin = -1.0; /* seconds a thread spins on a dependency before sleeping */
+
+static void read_spin_env(void)
+{
+    if (g_idle_spin < 0) {
+        const char *s = getenv("SHUFFLENET_NATIVE_SPIN_US");
+        const double us = s ? atof(s) : 50.0;
+        g_wait_spin = (us < 20.0 ? us : 20.0) * 1e-6;
+        g_idle_spin = us * 1e-6;
+    }
+}
+
+static atomic_int g_waiters; /* threads asleep in wait_for */
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+static void futex_wait(atomic_int *addr, int val)
+{
+    struct timespec to = {0, 2000000}; /* 2 ms: a safety net, wake-ups are explicit */
+    syscall(SYS_futex, (int *)addr, FUTEX_WAIT_PRIVATE, val, &to, NULL, 0);
+}
+static void futex_wake(atomic_int *addr)
+{
+    syscall(SYS_futex, (int *)addr, FUTEX_WAKE_PRIVATE, 1 << 30, NULL, NULL, 0);
+}
+#else
+static void futex_wait(atomic_int *addr, int val)
+{
+    (void)addr;
+    (void)val;
+    struct timespec ts = {0, 50000};
+    nanosleep(&ts, NULL);
+}
+static void futex_wake(atomic_int *addr) { (void)addr; }
+#endif
+
+/* *counter += d, waking sleepers */
+static void signal_add(atomic_int *counter, int d)
+{
+    atomic_fetch_add(counter, d);
+    if (atomic_load(&g_waiters) > 0) futex_wake(counter);
+}
+
+/* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
+static void wait_for(atomic_int *counter, int target, int ge)
+{
+#define SN_DONE(v) (ge ? (v) >= target : (v) == 0)
+    int v = atomic_load(counter);
+    if (SN_DONE(v)) return;
+    read_spin_env();
+    const double t0 = mono_now();
+    for (int i = 1;; i++) {
+        CPU_RELAX();
+        v = atomic_load(counter);
+        if (SN_DONE(v)) return;
+        if ((i & 63) == 0 && mono_now() - t0 > g_wait_spin) break;
+    }
+    atomic_fetch_add(&g_waiters, 1);
+    for (;;) {
+        v = atomic_load(counter);
+        if (SN_DONE(v)) break;
+        futex_wait(counter, v);
+    }
+    atomic_fetch_sub(&g_waiters, 1);
+#undef SN_DONE
+}
+
+static void wait_at_least(atomic_int *counter, int target) { wait_for(counter, target, 1); }
+
+/* ------------------------------------------------------------------------------------------ pool ------- */
+#define CLOSED 1u
+typedef void (*job_fn)(void *arg, int tid);
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int nworkers;
+    pthread_t th[256];
+    atomic_uint cur;      /* (sequence << 1) | CLOSED */
+    atomic_int active;    /* workers inside a job */
+    atomic_int sleepers;
+    job_fn fn;
+    void *arg;
+    int want;             /* participants including the caller */
+    unsigned seq;
+} sn_pool;
+
+static sn_pool g_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, {0}, CLOSED, 0, 0, 0, 0, 0, 0};
+static pthread_mutex_t g_run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+
+static void *worker_main(void *p)
+{
+    const int tid = (int)(intptr_t)p;
+    sn_pool *pl = &g_pool;
+    unsigned last = atomic_load(&pl->cur);
+    read_spin_env();
+    for (;;) {
+        unsigned c = atomic_load(&pl->cur);
+        if (c == last || (c & CLOSED)) {
+            const double t0 = mono_now();
+            for (int i = 1; c == last || (c & CLOSED); i++) {
+                CPU_RELAX();
+                c = atomic_load(&pl->cur);
+                if ((i & 63) == 0 && mono_now() - t0 > g_idle_spin) break;
+            }
+        }
+        if (c == last || (c & CLOSED)) {
+            pthread_mutex_lock(&pl->mu);
+            atomic_fetch_add(&pl->sleepers, 1);
+            for (;;) {
+                c = atomic_load(&pl->cur);
+                if (c != last && !(c & CLOSED)) break;
+                pthread_cond_wait(&pl->cv, &pl->mu);
+            }
+            atomic_fetch_sub(&pl->sleepers, 1);
+            pthread_mutex_unlock(&pl->mu);
+        }
+        last = c;
+        atomic_fetch_add(&pl->active, 1);
+        if (atomic_load(&pl->cur) == c && tid < pl->want) pl->fn(pl->arg, tid);
+        signal_add(&pl->active, -1);
+    }
+    return NULL;
+}
+
+static void pool_reset_after_fork(void)
+{
+    /* threads do not survive fork(): the child starts with an empty pool */
+    g_pool.nworkers = 0;
+    pthread_mutex_init(&g_pool.mu, NULL);
+    pthread_cond_init(&g_pool.cv, NULL);
+    atomic_store(&g_pool.cur, CLOSED);
+    atomic_store(&g_pool.active, 0);
+    atomic_store(&g_pool.sleepers, 0);
+    atomic_store(&g_waiters, 0);
+    pthread_mutex_init(&g_run_mu, NULL);
+}
+
+/* Start workers up to nworkers; returns how many exist. */
+static int pool_ensure(int nworkers)
+{
+    static int atfork_done = 0;
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, pool_reset_after_fork);
+        atfork_done = 1;
+    }
+    if (nworkers > 255) nworkers = 255;
+    while (g_pool.nworkers < nworkers) {
+        const int tid = g_pool.nworkers + 1;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, 1 << 20);
+        const int rc = pthread_create(&g_pool.th[tid - 1], &at, worker_main, (void *)(intptr_t)tid);
+        pthread_attr_destroy(&at);
+        if (rc != 0) break;
+        pthread_detach(g_pool.th[tid - 1]);
+        g_pool.nworkers++;
+    }
+    return g_pool.nworkers;
+}
+
+/* Run fn(arg, tid) on the caller (tid 0) and up to T - 1 workers; returns when all have left fn. fn must
+ * finish the whole job even if only the caller runs it (workers join whenever the OS runs them). */
+static void pool_run(job_fn fn, void *arg, int T)
+{
+    sn_pool *pl = &g_pool;
+    if (T > 1) {
+        const int have = pool_ensure(T - 1);
+        if (have + 1 < T) T = have + 1;
+    }
+    if (T <= 1) {
+        fn(arg, 0);
+        return;
+    }
+    pl->fn = fn;
+    pl->arg = arg;
+    pl->want = T;
+    pl->seq++;
+    atomic_store(&pl->cur, pl->seq << 1);
+    if (atomic_load(&pl->sleepers) > 0) {
+        pthread_mutex_lock(&pl->mu);
+        pthread_cond_broadcast(&pl->cv);
+        pthread_mutex_unlock(&pl->mu);
+    }
+    fn(arg, 0);
+    atomic_store(&pl->cur, (pl->seq << 1) | CLOSED);
+    wait_for(&pl->active, 0, 0);
+}
+
+/* ------------------------------------------------------------------------------------- executor ------- */
+#define SN_MAX_SLOTS 64
+#define SN_MAX_OPS 1024
+
+typedef struct {
+    const sn_plan *plan;
+    const sn_vtab *vt;
+    float *x, *y;
+    int T;
+    int per_img, total;
+    int nch[SN_MAX_OPS];      /* chunks per op (intra mode) */
+    int first[SN_MAX_OPS];    /* first chunk index of op within an image */
+    int16_t *op_of;           /* chunk within image -> op */
+    atomic_int next;
+    atomic_int *done;         /* [batch * nops] finished chunks */
+    atomic_int imgs_next, imgs_done;
+} sn_job;
+
+static void resolve(const sn_job *j, int img, int set, float **slot)
+{
+    const sn_plan *p = j->plan;
+    for (int s = 2; s < p->nslots; s++) slot[s] = p->ws[(ptrdiff_t)set * p->nslots + s];
+    slot[0] = j->x + (ptrdiff_t)img * p->slot_img[0];
+    slot[1] = j->y + (ptrdiff_t)img * p->slot_img[1];
+}
+
+static void job_intra(void *arg, int tid)
+{
+    (void)tid;
+    sn_job *j = (sn_job *)arg;
+    const sn_plan *p = j->plan;
+    const int nops = p->nops;
+    float *slot[SN_MAX_SLOTS];
+    int cur_img = -1;
+    for (;;) {
+        const int c = atomic_fetch_add(&j->next, 1);
+        if (c >= j->total) break;
+        const int img = c / j->per_img, r = c % j->per_img, op = j->op_of[r];
+        const int q = img * nops + op;
+        if (q > 0) {
+            const int prev = op > 0 ? op - 1 : nops - 1;
+            wait_at_least(&j->done[q - 1], j->nch[prev]);
+        }
+        if (img != cur_img) {
+            resolve(j, img, 0, slot);
+            cur_img = img;
+        }
+        j->vt->run(&p->ops[op], slot, p->slot_cs, r - j->first[op], j->T);
+        signal_add(&j->done[q], 1);
+    }
+}
+
+static void job_batch(void *arg, int tid)
+{
+    sn_job *j = (sn_job *)arg;
+    const sn_plan *p = j->plan;
+    float *slot[SN_MAX_SLOTS];
+    for (;;) {
+        const int img = atomic_fetch_add(&j->imgs_next, 1);
+        if (img >= p->batch) break;
+        resolve(j, img, tid, slot);
+        for (int op = 0; op < p->nops; op++) {
+            const int n = j->vt->nchunks(&p->ops[op], 1);
+            for (int c = 0; c < n; c++) j->vt->run(&p->ops[op], slot, p->slot_cs, c, 1);
+        }
+        signal_add(&j->imgs_done, 1);
+    }
+}
+
+/* Run a bound plan on x (slot 0) into y (slot 1) with T threads and instruction set isa.
+ * Returns 0, or a negative error code. */
+SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
+{
+    if (!plan || plan->nops <= 0 || plan->nops > SN_MAX_OPS || plan->nslots > SN_MAX_SLOTS) return -1;
+    if (plan->nslots < 2 || plan->batch <= 0) return -2;
+    if (T < 1) T = 1;
+    sn_job *j = (sn_job *)calloc(1, sizeof(sn_job));
+    if (!j) return -3;
+    j->plan = plan;
+    j->vt = vtab_for(isa);
+    j->x = x;
+    j->y = y;
+    int rc = 0;
+    pthread_mutex_lock(&g_run_mu);
+    if (plan->mode == 1) {
+        if (T > plan->nsets) T = plan->nsets;
+        if (T > plan->batch) T = plan->batch;
+        j->T = T;
+        pool_run(job_batch, j, T);
+        wait_at_least(&j->imgs_done, plan->batch);
+    } else {
+        j->T = T;
+        int per = 0;
+        for (int o = 0; o < plan->nops; o++) {
+            j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
+            j->first[o] = per;
+            per += j->nch[o];
+        }
+        j->per_img = per;
+        j->total = per * plan->batch;
+        j->op_of = (int16_t *)malloc(sizeof(int16_t) * (size_t)per);
+        j->done = (atomic_int *)calloc((size_t)plan->batch * plan->nops, sizeof(atomic_int));
+        if (!j->op_of || !j->done) {
+            rc = -3;
+        } else {
+            for (int o = 0; o < plan->nops; o++)
+                for (int c = 0; c < j->nch[o]; c++) j->op_of[j->first[o] + c] = (int16_t)o;
+            pool_run(job_intra, j, T);
+            const int lastq = plan->batch * plan->nops - 1;
+            wait_at_least(&j->done[lastq], j->nch[plan->nops - 1]);
+        }
+        free(j->op_of);
+        free((void *)j->done);
+    }
+    pthread_mutex_unlock(&g_run_mu);
+    free(j);
+    return rc;
+}
+
+/* --------------------------------------------------------------------------- channels-last shuffle ---- */
+typedef struct {
+    const sn_vtab *vt;
+    const float *in;
+    float *out;
+    int64_t P;
+    int C, g, nchunks, stream;
+    atomic_int next, done;
+} shuf_job;
+
+static void job_shuffle(void *arg, int tid)
+{
+    (void)tid;
+    shuf_job *j = (shuf_job *)arg;
+    for (;;) {
+        const int c = atomic_fetch_add(&j->next, 1);
+        if (c >= j->nchunks) break;
+        const int64_t p0 = j->P * c / j->nchunks, p1 = j->P * (c + 1) / j->nchunks;
+        j->vt->shuffle(j->in, j->out, p0, p1, j->C, j->g, j->stream);
+        signal_add(&j->done, 1);
+    }
+}
+
+/* out[p][i * g + j] = in[p][j * (C / g) + i] for P rows of C floats (a channels-last tensor). */
+SN_API int sn_channel_shuffle(const float *in, float *out, int64_t P, int C, int g, int isa, int T)
+{
+    if (!in || !out || P < 0 || C <= 0 || g <= 0 || C % g) return -1;
+    if (P == 0) return 0;
+    shuf_job j;
+    memset(&j, 0, sizeof j);
+    j.vt = vtab_for(isa);
+    j.in = in;
+    j.out = out;
+    j.P = P;
+    j.C = C;
+    j.g = g;
+    const double bytes = (double)P * C * 4.0;
+    j.stream = bytes > 16.0 * 1024 * 1024; /* larger than the caches: streaming stores */
+    int n = (int)(bytes / (256.0 * 1024.0));
+    if (T <= 1 || n < 2) n = 1, T = 1;
+    if (n > 8 * T) n = 8 * T;
+    if (n > P) n = (int)P;
+    j.nchunks = n;
+    pthread_mutex_lock(&g_run_mu);
+    pool_run(job_shuffle, &j, T);
+    wait_at_least(&j.done, n);
+    pthread_mutex_unlock(&g_run_mu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ profile ---- */
+static double thread_seconds(void)
+{
+    struct timespec ts;
+#ifdef CLOCK_THREAD_CPUTIME_ID
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Run the plan on the calling thread only, adding the CPU seconds each op takes to seconds[op] (robust to
+ * other processes taking the CPU). Returns 0 or a negative error code. */
+SN_API int sn_profile(const sn_plan *plan, int isa, float *x, float *y, double *seconds)
+{
+    if (!plan || plan->nops <= 0 || plan->nslots > SN_MAX_SLOTS || plan->nslots < 2) return -1;
+    const sn_vtab *vt = vtab_for(isa);
+    sn_job j;
+    memset(&j, 0, sizeof j);
+    j.plan = plan;
+    j.x = x;
+    j.y = y;
+    float *slot[SN_MAX_SLOTS];
+    pthread_mutex_lock(&g_run_mu);
+    for (int img = 0; img < plan->batch; img++) {
+        resolve(&j, img, 0, slot);
+        for (int op = 0; op < plan->nops; op++) {
+            const double t0 = thread_seconds();
+            const int n = vt->nchunks(&plan->ops[op], 1);
+            for (int c = 0; c < n; c++) vt->run(&plan->ops[op], slot, plan->slot_cs, c, 1);
+            seconds[op] += thread_seconds() - t0;
+        }
+    }
+    pthread_mutex_unlock(&g_run_mu);
+    return 0;
+}

@@ -1,0 +1,297 @@
+"""Native engine: compiled kernels against eager PyTorch (numerics only, no timing).
+
+ShuffleNet units for every g in {1, 2, 3, 4, 8}, stride 1 and 2, dense first 1x1 conv, every shuffle mode and
+position, odd spatial sizes, one image per thread and all threads on one image, every instruction set this CPU
+runs; whole models; the channels-last shuffle kernel; the fallback without a compiler. Skipped (with the
+reason) where no C compiler exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from shufflenet import ShuffleUnit, channel_shuffle, channel_unshuffle, create_model
+from shufflenet.deploy import NotSupportedError, channel_shuffle_nhwc, optimize
+from shufflenet.deploy.native import NativeUnavailable, build_library, get_library
+from shufflenet.deploy.native.build import find_compiler
+
+if find_compiler() is None:
+    pytest.skip(
+        "no C compiler (cc/gcc/clang): the native engine cannot be built", allow_module_level=True
+    )
+
+from shufflenet.deploy.native import NativeModule  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        return get_library()
+    except NativeUnavailable as e:  # a compiler exists, so a failed build is a failure, not a skip
+        pytest.fail(f"native engine did not build: {e}")
+
+
+def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial batch-norm statistics, so that folding is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()
+
+
+def _check(native: nn.Module, ref_model: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
+    with torch.no_grad():
+        ref = ref_model(x)
+    out = native(x)
+    assert out.shape == ref.shape
+    scale = ref.abs().max().clamp_min(1e-6)
+    err = ((out - ref).abs().max() / scale).item()
+    assert err <= tol, f"max relative error {err:.2e}"
+
+
+def _unit(g: int, stride: int, first_grouped: bool = True, **kw) -> ShuffleUnit:
+    if stride == 1:
+        cin = cout = 8 * g
+    else:
+        # the dense first 1x1 conv takes any input width (the stem's 24)
+        cin = 4 * g if first_grouped else 6
+        cout = cin + 8 * g
+    unit = ShuffleUnit(
+        cin, cout, stride, g, bottleneck_channels=2 * g, first_grouped=first_grouped, **kw
+    )
+    return _randomize(unit, seed=g * 10 + stride)
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(7, 9), (1, 3), (13, 5), (16, 16)])
+def test_unit_matches_eager(lib, g, stride, hw):
+    unit = _unit(g, stride)
+    native = NativeModule(unit, num_threads=1)
+    _check(native, unit, torch.randn(2, unit.in_channels, *hw))
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, 4, 8])
+def test_first_unit_dense_compress(lib, g):
+    unit = _unit(g, 2, first_grouped=False)
+    assert unit.compress.conv.groups == 1
+    _check(NativeModule(unit, num_threads=1), unit, torch.randn(1, unit.in_channels, 11, 15))
+
+
+@pytest.mark.parametrize(
+    "shuffle,position",
+    [
+        ("shuffle", "before_dw"),
+        ("shuffle", "after_dw"),
+        ("unshuffle", "before_dw"),
+        ("none", "before_dw"),
+    ],
+)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_unit_shuffle_modes(lib, shuffle, position, stride):
+    unit = _unit(4, stride, shuffle=shuffle, shuffle_position=position)
+    _check(NativeModule(unit, num_threads=1), unit, torch.randn(2, unit.in_channels, 9, 6))
+
+
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2), (2, 1), (5, 3)])
+def test_threading_modes(lib, batch, threads):
+    # batch < threads: all threads on one image (chunked ops); batch >= threads: one image per thread
+    unit = _unit(3, 1)
+    _check(
+        NativeModule(unit, num_threads=threads), unit, torch.randn(batch, unit.in_channels, 28, 28)
+    )
+    unit2 = _unit(3, 2)
+    _check(
+        NativeModule(unit2, num_threads=threads),
+        unit2,
+        torch.randn(batch, unit2.in_channels, 27, 29),
+    )
+
+
+def test_every_instruction_set(lib):
+    assert "generic" in lib.supported
+    for isa in lib.supported:
+        for g in (1, 3, 8):
+            for stride in (1, 2):
+                unit = _unit(g, stride)
+                _check(
+                    NativeModule(unit, isa=isa, num_threads=2),
+                    unit,
+                    torch.randn(2, unit.in_channels, 10, 7),
+                )
+        m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+        _check(NativeModule(m, isa=isa, num_threads=2), m, torch.randn(2, 3, 45, 61))
+
+
+def test_unknown_or_missing_isa_rejected(lib):
+    with pytest.raises(ValueError, match="isa"):
+        NativeModule(_unit(2, 1), isa="sse9")
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("shufflenet_v1_g3_x0_5", (67, 45)),
+        ("shufflenet_v1_g8_x0_25", (64, 64)),
+        ("shufflenet_v1_g1_x0_25", (33, 97)),
+        ("mobilenet_v1_x0_25", (51, 50)),
+    ],
+)
+def test_models_match_eager(lib, name, size):
+    m = _randomize(create_model(name))
+    for threads in (1, 2):
+        _check(NativeModule(m, num_threads=threads), m, torch.randn(2, 3, *size))
+
+
+def test_full_size_model_one_image(lib):
+    m = _randomize(create_model("shufflenet_v1_g3_x1_0"))
+    x = torch.randn(1, 3, 224, 224)
+    _check(NativeModule(m, num_threads=2), m, x)
+    # channels-last input, same result
+    _check(NativeModule(m, num_threads=2), m, x.contiguous(memory_format=torch.channels_last))
+
+
+def test_small_input_variant(lib):
+    # CIFAR stem: stride-1 stem and no max pool (the stem is not fused with a pool then)
+    m = _randomize(create_model("shufflenet_v1_g2_x0_5", num_classes=10, small_input=True))
+    _check(NativeModule(m, num_threads=2), m, torch.randn(3, 3, 32, 32))
+
+
+def test_sequential_of_supported_layers(lib):
+    m = nn.Sequential(
+        nn.Conv2d(5, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
+        nn.Conv2d(16, 24, 1, groups=4), nn.ReLU(),
+        nn.AvgPool2d(3, 2, 1), nn.MaxPool2d(3, 2, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(24, 7),
+    )  # fmt: skip
+    _randomize(m)
+    _check(NativeModule(m, num_threads=2), m, torch.randn(2, 5, 19, 23))
+
+
+def test_model_unchanged_and_buffers_shared_safely(lib):
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    native = NativeModule(m)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        ref = m(x)
+    outs: list[torch.Tensor] = []
+
+    def work() -> None:
+        outs.append(native(x))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_bad_inputs(lib):
+    native = NativeModule(_unit(2, 1))
+    with pytest.raises(ValueError, match="channels"):
+        native(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="float32"):
+        native(torch.randn(1, 16, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        native(torch.randn(16, 8, 8))
+
+
+def test_unsupported_models_fall_back(lib):
+    m = create_model("alexnet_g2", num_classes=10).eval()
+    with pytest.raises(NotSupportedError):
+        NativeModule(m)
+    with pytest.warns(RuntimeWarning, match="native backend unavailable"):
+        fast = optimize(m, "native")
+    assert fast.backend == "optimized" and fast.requested == "native"
+    x = torch.randn(1, 3, 63, 63)
+    with torch.no_grad():
+        ref = m(x)
+    torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    with pytest.raises(NotSupportedError):
+        optimize(m, "native", strict=True)
+    se = ShuffleUnit(24, 24, 1, 3, se=True).eval()
+    with pytest.raises(NotSupportedError, match="squeeze"):
+        NativeModule(se)
+
+
+def test_no_compiler_message(monkeypatch):
+    monkeypatch.setenv("SHUFFLENET_NATIVE", "0")
+    assert find_compiler() is None
+    with pytest.raises(NativeUnavailable, match="no C compiler"):
+        build_library()
+
+
+def test_optimize_native_backend(lib):
+    m = _randomize(create_model("shufflenet_v1_g4_x0_5"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = optimize(m, "native", threads=2)
+    assert fast.backend == "native"
+    _check(fast, m, torch.randn(2, 3, 64, 64))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast.train()
+
+
+def test_profile_rows(lib):
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25"))
+    rows = NativeModule(m).profile(torch.randn(1, 3, 64, 64), repeats=2)
+    kinds = {r["kind"] for r in rows}
+    assert {"conv3x3", "pw", "dw", "avgpool", "gap", "fc"} <= kinds
+    assert all(r["seconds"] >= 0 for r in rows)
+    pw_macs = sum(r["macs"] for r in rows if r["kind"] == "pw")
+    assert pw_macs > 0
+
+
+@pytest.mark.parametrize(
+    "c,g",
+    [
+        (240, 3),
+        (60, 3),
+        (96, 8),
+        (120, 4),
+        (200, 2),
+        (120, 5),
+        (48, 6),
+        (70, 7),
+        (34, 17),
+        (12, 12),
+        (16, 1),
+    ],
+)
+def test_native_channel_shuffle(lib, c, g):
+    x = torch.randn(3, c, 5, 7).contiguous(memory_format=torch.channels_last)
+    for threads in (1, 2):
+        y = channel_shuffle_nhwc(x, g, threads=threads)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y, channel_shuffle(x, g))
+        assert torch.equal(
+            channel_shuffle_nhwc(x, g, inverse=True, threads=threads), channel_unshuffle(x, g)
+        )
+    out = torch.empty_like(x)
+    assert channel_shuffle_nhwc(x, g, out=out) is out
+    assert torch.equal(out, channel_shuffle(x, g))
+    rows = torch.randn(11, c)
+    ref = rows.reshape(11, g, c // g).transpose(1, 2).reshape(11, c)
+    assert torch.equal(channel_shuffle_nhwc(rows, g), ref)
+
+
+def test_native_channel_shuffle_large(lib):
+    # big enough for the streaming-store path
+    x = torch.randn(8, 240, 56, 56).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(channel_shuffle_nhwc(x, 3, threads=2), channel_shuffle(x, 3))
