@@ -182,17 +182,30 @@ def optimize(
     return _maybe_verify(model, result, input_size, verify)
 
 
-def _compiled(src: nn.Module, input_size: int | tuple[int, int]) -> nn.Module:
-    import torch._inductor.config as inductor_config
+class _Frozen(nn.Module):
+    """Calls a ``torch.compile``d module with Inductor's weight freezing on (also for recompilations, e.g. at
+    a new batch size)."""
 
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def _compiled(src: nn.Module, input_size: int | tuple[int, int]) -> nn.Module:
     from .optimized import optimize_torch
 
     folded = optimize_torch(src, use_mkldnn=False, native_shuffle=False)
-    compiled = torch.compile(folded, dynamic=False)
+    frozen = _Frozen(torch.compile(folded, dynamic=False))
     x = _example(src, input_size).contiguous(memory_format=torch.channels_last)
-    with inductor_config.patch(freezing=True), torch.inference_mode():
-        compiled(x)  # compile now, with freezing, rather than in the caller's first timed call
-    return compiled
+    with torch.inference_mode():
+        frozen(x)  # compile now rather than in the caller's first (timed) call
+    return frozen
 
 
 def _maybe_verify(model: nn.Module, result: nn.Module, input_size, verify: bool) -> nn.Module:

@@ -1,0 +1,327 @@
+"""Inference speed of ShuffleNet, AlexNet and MobileNet on every backend, and the targets of the deploy work.
+
+    python benchmarks/inference.py --quick     # 0.5x/1x g=3 ShuffleNet and AlexNet, batch 1 and 32, 2 threads
+    python benchmarks/inference.py             # all six models, batch 1 and 32, 1 and 2 threads, every backend
+    python benchmarks/inference.py --quick --out results.md --json results.json
+
+Models (224x224): ShuffleNet v1 0.5x/1x/2x g=3 and 1x g=8, AlexNet (two groups, ``alexnet_g2``), MobileNet v1 1x.
+For every (model, batch, threads) the backends are built once from the same random weights, checked against
+eager PyTorch, and timed by :func:`shufflenet.deploy.benchmark.run_benchmark`: interleaved rounds (one forward
+pass of each backend per round, rotating order), median latency with its p10-p90 spread. Then:
+
+- a latency table (median ms per backend, images/s and GFLOP/s of the fastest);
+- the realised speed-up of each ShuffleNet over AlexNet, each on its fastest backend, next to the ratio of
+  their multiply-adds (the paper's Table 8 measured 12x for 0.5x g=3 on one ARM core, for 18x fewer MACs);
+- the channels-last shuffle against ``clone()`` (bandwidth, bytes read + written);
+- the issue's targets, each with the measured value and whether it is met.
+
+The machine's load average is recorded before and after: on a shared machine medians move by 2x or more
+between runs, while the ratios of backends measured in the same interleaved rounds move much less. A full run
+takes about 15-40 minutes (``torch.compile`` builds dominate); ``--quick`` a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from shufflenet.complexity import profile
+from shufflenet.deploy.api import BACKENDS
+from shufflenet.deploy.benchmark import BenchResult, run_benchmark, system_info
+from shufflenet.deploy.shuffle import measure_shuffle_bandwidth
+from shufflenet.models import create_model
+
+MODELS = (
+    "shufflenet_v1_g3_x0_5",
+    "shufflenet_v1_g3_x1_0",
+    "shufflenet_v1_g3_x2_0",
+    "shufflenet_v1_g8_x1_0",
+    "alexnet_g2",
+    "mobilenet_v1_x1_0",
+)
+QUICK_MODELS = ("shufflenet_v1_g3_x0_5", "shufflenet_v1_g3_x1_0", "alexnet_g2")
+QUICK_BACKENDS = ("eager", "optimized", "onnxruntime", "native")
+REFERENCE = "alexnet_g2"
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smaller sweep (see above), no torch.compile"
+    )
+    p.add_argument("--models", default=None, help="comma-separated model names")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,32)")
+    p.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default 1,2; quick: 2)"
+    )
+    p.add_argument(
+        "--backends", default=None, help=f"comma-separated subset of {','.join(BACKENDS)}"
+    )
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument(
+        "--time-budget", type=float, default=None, help="seconds of timed rounds per config"
+    )
+    p.add_argument(
+        "--no-shuffle", action="store_true", help="skip the shuffle bandwidth measurement"
+    )
+    p.add_argument("--out", default=None, help="Markdown report (default: print only)")
+    p.add_argument("--json", default=None, help="all measurements as JSON")
+    return p.parse_args(argv)
+
+
+def _csv(s: str | None, default, cast=str):
+    return tuple(cast(x.strip()) for x in s.split(",") if x.strip()) if s else tuple(default)
+
+
+def _fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def _best(res: BenchResult) -> tuple[str | None, float | None]:
+    b = res.fastest()
+    return (b, res.backends[b].median_ms) if b else (None, None)
+
+
+def _latency_table(results: list[BenchResult], backends: tuple[str, ...]) -> list[str]:
+    head = "| model | MMACs | batch | threads | " + " | ".join(f"{b} ms" for b in backends)
+    head += " | fastest | images/s | GFLOP/s | fastest / ORT |"
+    lines = [head, "|" + "---|" * (8 + len(backends))]
+    for r in results:
+        cells = []
+        for b in backends:
+            br = r.backends.get(b)
+            if br is None or br.status != "ok" or br.median_ms is None:
+                cells.append("n/a" if br is None or br.status == "skipped" else "failed")
+            else:
+                cells.append(f"{_fmt_ms(br.median_ms)} ({_fmt_ms(br.p10_ms)})")
+        fb, _ = _best(r)
+        ort = r.backends.get("onnxruntime")
+        ratio = (
+            f"{r.backends[fb].median_ms / ort.median_ms:.2f}"
+            if fb and ort is not None and ort.median_ms
+            else "-"
+        )
+        ips = f"{r.backends[fb].images_per_s:.1f}" if fb else "-"
+        gf = f"{r.backends[fb].gflops:.0f}" if fb else "-"
+        lines.append(
+            f"| {r.model} | {r.macs_per_image / 1e6:.0f} | {r.batch} | {r.threads} | "
+            + " | ".join(cells)
+            + f" | {fb or '-'} | {ips} | {gf} | {ratio} |"
+        )
+    return lines
+
+
+def _speedup_table(results: list[BenchResult]) -> tuple[list[str], dict]:
+    by = {(r.model, r.batch, r.threads): r for r in results}
+    lines = [
+        "| ShuffleNet | batch | threads | its fastest ms | AlexNet fastest ms | realised speed-up | "
+        "MAC ratio | speed-up / MAC ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    out = {}
+    for (model, batch, threads), r in by.items():
+        if not model.startswith("shufflenet") or (REFERENCE, batch, threads) not in by:
+            continue
+        a = by[(REFERENCE, batch, threads)]
+        (fb, ms), (fa, ams) = _best(r), _best(a)
+        if ms is None or ams is None:
+            continue
+        sp, mr = ams / ms, a.macs_per_image / r.macs_per_image
+        out[(model, batch, threads)] = sp
+        lines.append(
+            f"| {model} ({fb}) | {batch} | {threads} | {_fmt_ms(ms)} | {_fmt_ms(ams)} ({fa}) | "
+            f"{sp:.1f}x | {mr:.1f}x | {sp / mr:.2f} |"
+        )
+    return lines, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    models = _csv(args.models, QUICK_MODELS if args.quick else MODELS)
+    batches = _csv(args.batches, (1, 32), int)
+    threads_list = _csv(args.threads, (2,) if args.quick else (1, 2), int)
+    backends = _csv(args.backends, QUICK_BACKENDS if args.quick else BACKENDS)
+    budget = args.time_budget if args.time_budget is not None else (6.0 if args.quick else 12.0)
+    t_start = time.time()
+    sys0 = system_info()
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    log(
+        f"# {sys0['cpu']}, {sys0['cores']} cores, load average {sys0['loadavg']}, native {sys0.get('native_isa')}"
+    )
+    results: list[BenchResult] = []
+    for model_name in models:
+        model = create_model(model_name).eval()
+        macs = profile(model, args.input_size).macs
+        for threads in threads_list:
+            built: dict = {}
+            for batch in batches:
+                log(f"{model_name}  batch {batch}  threads {threads}  ({macs / 1e6:.0f}M MACs)")
+                r = run_benchmark(
+                    model,
+                    batch=batch,
+                    threads=threads,
+                    backends=backends,
+                    input_size=args.input_size,
+                    time_budget=budget,
+                    min_rounds=8,
+                    built=built,
+                    log=log,
+                )
+                r.model = model_name
+                results.append(r)
+                line = "  ".join(
+                    f"{b} {_fmt_ms(x.median_ms)}"
+                    for b, x in r.backends.items()
+                    if x.median_ms is not None
+                )
+                log(f"  -> {line}   fastest {r.fastest()}")
+            del built
+    shuffle = []
+    if not args.no_shuffle:
+        for threads in threads_list:
+            log(f"channel shuffle bandwidth, {threads} threads")
+            shuffle.append(
+                measure_shuffle_bandwidth((32, 240, 28, 28), 3, rounds=30, threads=threads)
+            )
+    sys1 = system_info()
+    md = _report(args, results, shuffle, backends, sys0, sys1, time.time() - t_start)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(md + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "system_before": sys0,
+                    "system_after": sys1,
+                    "results": [r.to_dict() for r in results],
+                    "shuffle": shuffle,
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+def _report(args, results, shuffle, backends, sys0, sys1, seconds) -> str:
+    la0, la1 = sys0.get("loadavg") or [0, 0, 0], sys1.get("loadavg") or [0, 0, 0]
+    cores = sys0.get("cores") or 1
+    cmd = "python benchmarks/inference.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Inference benchmark",
+        "",
+        f"`{cmd.strip()}` on {sys0['cpu']} ({cores} cores), {sys0['time']}, {seconds / 60:.1f} min. "
+        f"torch {sys0['torch']}, onnxruntime {sys0.get('onnxruntime')}, native engine: "
+        f"{sys0.get('native_isa') or 'unavailable'}. Input {args.input_size}x{args.input_size}, float32.",
+        "",
+        f"Load average (1 min) {la0[0]:.2f} before, {la1[0]:.2f} after"
+        + (
+            f": **the machine was busy ({max(la0[0], la1[0]):.1f} runnable tasks on {cores} cores); absolute "
+            "times are inflated and noisy, ratios from the same interleaved rounds are the meaningful part.**"
+            if max(la0[0], la1[0]) > 0.5 * cores
+            else "."
+        ),
+        "",
+        "## Latency",
+        "",
+        "Median ms per forward pass of the whole batch (10th percentile in brackets), interleaved rounds.",
+        "",
+    ]
+    lines += _latency_table(results, backends)
+    sp_lines, speedups = _speedup_table(results)
+    if len(sp_lines) > 2:
+        lines += ["", "## ShuffleNet against AlexNet (each on its fastest backend)", ""] + sp_lines
+    if shuffle:
+        lines += [
+            "",
+            "## Channel shuffle, channels-last 32x240x28x28 float32, g=3",
+            "",
+            "| threads | clone() GB/s | native shuffle GB/s | torch shuffle GB/s | native / clone | "
+            "copy_ into buffer GB/s | native into buffer GB/s | native / copy_ |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s in shuffle:
+            g = s["gbps"]
+
+            def f(k: str, g=g) -> str:
+                return f"{g[k]:.1f}" if k in g else "-"
+
+            r1 = f"{s['native_vs_clone']:.2f}" if s["native_vs_clone"] else "-"
+            r2 = f"{s['native_out_vs_copy']:.2f}" if s["native_out_vs_copy"] else "-"
+            lines.append(
+                f"| {s['threads']} | {f('clone')} | {f('native')} | {f('torch')} | {r1} | {f('copy_')} | "
+                f"{f('native_out')} | {r2} |"
+            )
+    lines += ["", "## Targets", ""] + _targets(results, speedups, shuffle)
+    return "\n".join(lines)
+
+
+def _targets(results: list[BenchResult], speedups: dict, shuffle: list[dict]) -> list[str]:
+    by = {(r.model, r.batch, r.threads): r for r in results}
+    out = []
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+    r = by.get(("shufflenet_v1_g3_x1_0", 1, 2))
+    if r and r.backends.get("onnxruntime") and r.backends["onnxruntime"].median_ms:
+        fb, ms = _best(r)
+        q = ms / r.backends["onnxruntime"].median_ms
+        out.append(
+            f"- 1x g=3, batch 1, 2 threads: fastest ({fb}) / ONNX Runtime latency = {q:.2f} "
+            f"(target <= 0.75): {verdict(q <= 0.75)}"
+        )
+    else:
+        out.append("- 1x g=3, batch 1, 2 threads vs ONNX Runtime: not measured")
+    r = by.get(("shufflenet_v1_g3_x1_0", 32, 2))
+    if r and r.backends.get("onnxruntime") and r.backends["onnxruntime"].median_ms:
+        fb, ms = _best(r)
+        q = r.backends["onnxruntime"].median_ms / ms
+        out.append(
+            f"- 1x g=3, batch 32, 2 threads: fastest ({fb}) throughput / ONNX Runtime = {q:.2f} "
+            f"(target >= 1): {verdict(q >= 1.0)}"
+        )
+    else:
+        out.append("- 1x g=3, batch 32, 2 threads vs ONNX Runtime: not measured")
+    sp = {k: v for k, v in speedups.items() if k[0] == "shufflenet_v1_g3_x0_5"}
+    if sp:
+        parts = ", ".join(f"batch {b} / {t} thr: {v:.1f}x" for (_, b, t), v in sorted(sp.items()))
+        best = max(sp.values())
+        out.append(
+            f"- 0.5x g=3 against AlexNet, each on its fastest backend: {parts} (target >= 13x): "
+            f"{verdict(best >= 13.0)} at best, {verdict(min(sp.values()) >= 13.0)} everywhere"
+        )
+    else:
+        out.append("- 0.5x g=3 against AlexNet: not measured")
+    if shuffle:
+        parts = []
+        ok = []
+        for s in shuffle:
+            a, b = s["native_vs_clone"], s["native_out_vs_copy"]
+            if a is None:
+                continue
+            parts.append(
+                f"{s['threads']} thr: {a:.2f} of clone(), {b:.2f} of copy_() into a buffer"
+            )
+            ok.append(min(a, b) >= 0.8)
+        out.append(
+            f"- channel shuffle >= 80% of clone() bandwidth: {'; '.join(parts) or 'no native kernel'}: "
+            f"{verdict(all(ok) if ok else None)}"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    sys.exit(main())
