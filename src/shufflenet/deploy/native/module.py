@@ -1,8 +1,9 @@
 """``NativeModule``: run a lowered :class:`~.lower.Program` through the compiled engine.
 
 A program is bound to each input shape (batch, height, width, threads) once: spatial sizes are propagated,
-activations get workspace slots (reused when dead, halo planes kept zero by giving a slot only values of one
-spatial size), 1x1-conv row offsets and depthwise border masks are computed, and the C structs are built.
+activations get workspace slots (reused when dead; a slot holds values of one spatial size and layout, so the
+zero halo around the planes that a stride-1 depthwise conv reads stays zero; other planes are compact),
+1x1-conv row offsets and depthwise border masks are computed, and the C structs are built.
 A forward pass is then one ctypes call that releases the GIL.
 """
 
@@ -103,6 +104,8 @@ def _bind(
         for v in (op.src, op.res):
             if v >= 0:
                 last_use[v] = i
+    # only the input of a stride-1 depthwise conv needs the zero halo; the rest are compact planes
+    halo = {op.src for op in ops if op.kind == OP_DW and op.stride == 1}
     slot_of: dict[int, int] = {0: 0, out_v: 1}
     slot_key: list[tuple] = [(), ()]
     slot_cap: list[int] = [0, 0]
@@ -115,7 +118,7 @@ def _bind(
         v = op.dst
         if v in slot_of:
             continue
-        key = ("flat",) if flat[v] else hw[v]
+        key = ("flat",) if flat[v] else ("halo" if v in halo else "compact", *hw[v])
         pick = next((s for s in free if slot_key[s] == key), None)
         if pick is None:
             pick = len(slot_key)
@@ -146,8 +149,11 @@ def _bind(
             slot_cs[s], before[s] = 1, 0
             sizes[s] = _roundup(slot_cap[s] + 64, 16)
         else:
-            sh, sw = slot_key[s]
-            before[s], slot_cs[s] = halo_geometry(sh, sw)
+            kind, sh, sw = slot_key[s]
+            if kind == "halo":
+                before[s], slot_cs[s] = halo_geometry(sh, sw)
+            else:
+                before[s], slot_cs[s] = 0, _roundup(sh * sw, 16)
             sizes[s] = _roundup(slot_cap[s] * slot_cs[s] + 64, 16)
     mode = 1 if threads > 1 and n >= threads else 0
     nsets = min(threads, n) if mode == 1 else 1

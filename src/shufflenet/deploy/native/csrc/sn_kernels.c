@@ -215,7 +215,8 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     int ps, ns, nb, base, extra;
     pw_split(op, T, &ps, &ns);
     pw_blocks(op->N, &nb, &base, &extra);
-    const int g = chunk / (ps * ns), r = chunk % (ps * ns), pi = r / ns, ni = r % ns;
+    /* pixel-major: consecutive chunks are one pixel range, all groups (see dw_run) */
+    const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), g = r / ns, ni = r % ns;
     const int P = op->H * op->W, nvec = CDIV(P, VW), K = op->K, N = op->N;
     const int v0 = (int)((int64_t)nvec * pi / ps), v1 = (int)((int64_t)nvec * (pi + 1) / ps);
     const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
@@ -266,14 +267,14 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
  * columns at the left/right border are masked per pixel vector (op->masks), rows above/below read the halo.
  * ------------------------------------------------------------------------------------------------------- */
 static void dw3s1_plane(const float *ip, float *opl, const float *w9, float bias, int W, int P,
-                        const uint32_t *masks, int relu)
+                        const uint32_t *masks, int relu, int v0, int v1)
 {
     const vf w0 = v_set1(w9[0]), w1 = v_set1(w9[1]), w2 = v_set1(w9[2]);
     const vf w3 = v_set1(w9[3]), w4 = v_set1(w9[4]), w5 = v_set1(w9[5]);
     const vf w6 = v_set1(w9[6]), w7 = v_set1(w9[7]), w8 = v_set1(w9[8]);
     const vf bb = v_set1(bias);
     const int nvec = CDIV(P, VW);
-    for (int v = 0; v < nvec; v++) {
+    for (int v = v0; v < v1; v++) {
         const float *q = ip + v * VW;
         const vm ml = v_mask_bits(masks[2 * v]), mr = v_mask_bits(masks[2 * v + 1]);
         vf s0 = v_fma(w0, v_loadz(q - W - 1, ml), bb);
@@ -297,7 +298,7 @@ static void dw3s1_plane(const float *ip, float *opl, const float *w9, float bias
 /* 3x3, stride 2, pad 1, row by row (no halo needed): depthwise conv (w9 != NULL), average pool with
  * count_include_pad (w9 == NULL, avg), or max pool (w9 == NULL, !avg). */
 static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, const float *w9, float bias,
-                     int avg, int relu)
+                     int avg, int relu, int y0, int y1)
 {
     const int is_max = !w9 && !avg;
     const float ninth = 1.0f / 9.0f;
@@ -305,7 +306,8 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
     for (int i = 0; i < 9; i++) wv[i] = v_set1(w9 ? w9[i] : ninth);
     const vf fill = is_max ? v_set1(-INFINITY) : v_zero();
     const vf init = is_max ? v_set1(-INFINITY) : v_set1(bias);
-    for (int oy = 0; oy < OH; oy++) {
+    (void)OH;
+    for (int oy = y0; oy < y1; oy++) {
         for (int ox0 = 0; ox0 < OW; ox0 += VW) {
             const int xs = 2 * ox0;
             const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
@@ -338,21 +340,26 @@ static void chan_range(int C, int chunk, int n, int *c0, int *c1)
     *c1 = (int)((int64_t)C * (chunk + 1) / n);
 }
 
+/* chunks are ranges of pixel vectors (stride 1) or output rows (stride 2), over all channels, so that
+ * consecutive chunks (one thread's share) cover one region of the image in every op */
 static void dw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
-    int c0, c1;
-    chan_range(op->cout, chunk, n, &c0, &c1);
+    const int s1 = op->kind == SN_OP_DW && op->stride == 1;
+    const int len = s1 ? CDIV(op->H * op->W, VW) : op->OH;
+    int r0, r1;
+    chan_range(len, chunk, n, &r0, &r1);
+    if (r0 >= r1) return;
     const int64_t si = cs[op->src], so = cs[op->dst];
-    for (int c = c0; c < c1; c++) {
+    for (int c = 0; c < op->cout; c++) {
         const float *ip = slot[op->src] + (ptrdiff_t)(op->src_coff + c) * si;
         float *opl = slot[op->dst] + (ptrdiff_t)(op->dst_coff + c) * so;
         const float bias = op->b ? op->b[c] : 0.0f;
-        if (op->kind == SN_OP_DW && op->stride == 1)
+        if (s1)
             dw3s1_plane(ip, opl, op->w + 9 * c, bias, op->W, op->H * op->W, op->masks,
-                        op->act == SN_ACT_RELU);
+                        op->act == SN_ACT_RELU, r0, r1);
         else
             s2_plane(ip, opl, op->H, op->W, op->OH, op->OW, op->kind == SN_OP_DW ? op->w + 9 * c : NULL,
-                     bias, op->kind == SN_OP_POOL && op->pool == SN_POOL_AVG, op->act == SN_ACT_RELU);
+                     bias, op->kind == SN_OP_POOL && op->pool == SN_POOL_AVG, op->act == SN_ACT_RELU, r0, r1);
     }
 }
 
@@ -448,6 +455,12 @@ static const conv_fn conv_tab[CONV_MSMAX + 1] = {
 static void conv_row(const sn_op *op, const float *in, int64_t si, float *out_row, int64_t so, int OW, int cy)
 {
     const int nb = CDIV(op->cout, CONV_MSMAX), base = op->cout / nb, extra = op->cout % nb;
+    /* the input is the caller's image, usually not in cache: fetch the rows the next output row adds */
+    for (int ci = 0; ci < op->cin; ci++)
+        for (int iy = op->stride * cy + 2; iy < op->stride * (cy + 1) + 2 && iy < op->H; iy++) {
+            const char *row = (const char *)(in + (ptrdiff_t)ci * si + (ptrdiff_t)iy * op->W);
+            for (int b = 0; b < op->W * (int)sizeof(float); b += 64) __builtin_prefetch(row + b, 0, 3);
+        }
     int co = 0;
     for (int bi = 0; bi < nb; bi++) {
         const int ms = base + (bi < extra);
@@ -609,7 +622,8 @@ static int op_nchunks(const sn_op *op, int T)
     }
     case SN_OP_DW:
     case SN_OP_POOL:
-        return split_count(9.0 * OP * op->cout, T, op->cout);
+        return split_count(9.0 * OP * op->cout, T,
+                           op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH);
     case SN_OP_CONV:
         return split_count(9.0 * OP * op->cout * op->cin * (op->pool ? 4 : 1), T, op->OH);
     case SN_OP_GAP:

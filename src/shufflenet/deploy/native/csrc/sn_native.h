@@ -1,9 +1,10 @@
 /* shufflenet native inference engine: the C ABI shared by the kernels, the runtime and Python (ctypes).
  *
  * Layout. Every internal activation is "planar": channel c of one image is a plane of H*W floats in raster
- * order, planes are `cs` floats apart and surrounded by zeros (a halo of at least 2*W + 32 floats before and
- * after each plane), so that 3x3 stencils read neighbours with plain unaligned loads and vectors run along
- * pixels. A 1x1 group convolution is then a GEMM over planes, and a channel shuffle before it is only an
+ * order, planes `cs` floats apart, and vectors run along pixels. The input of a stride-1 depthwise conv has
+ * zeros around each plane (a halo of at least 2*W + 32 floats before and 2*W + 64 after), so that the 3x3
+ * stencil reads neighbours with plain unaligned loads; other activations are compact (cs = H*W rounded up to
+ * 16), and every kernel masks its loads at the end of a plane or row. A 1x1 group convolution is then a GEMM over planes, and a channel shuffle before it is only an
  * index list over its input planes (kidx): it is never materialised. Concatenation is writing planes at a
  * channel offset. Slot 0 is the caller's input and slot 1 the caller's output, both plain NCHW (cs = H*W, no
  * halo); every other slot is a workspace buffer owned by Python.

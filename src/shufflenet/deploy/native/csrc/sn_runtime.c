@@ -140,6 +140,10 @@ static void signal_add(atomic_int *counter, int d)
     if (atomic_load(&g_waiters) > 0) futex_wake(counter);
 }
 
+/* Spin budget of this thread, adapted: halved each time spinning did not suffice (the thread we wait for was
+ * not running: a busy machine, where spinning only takes CPU from it), grown back when it did. */
+static _Thread_local double t_spin = -1.0;
+
 /* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
 static void wait_for(atomic_int *counter, int target, int ge)
 {
@@ -147,13 +151,18 @@ static void wait_for(atomic_int *counter, int target, int ge)
     int v = atomic_load(counter);
     if (SN_DONE(v)) return;
     read_spin_env();
+    if (t_spin < 0) t_spin = g_wait_spin;
     const double t0 = mono_now();
     for (int i = 1;; i++) {
         CPU_RELAX();
         v = atomic_load(counter);
-        if (SN_DONE(v)) return;
-        if ((i & 63) == 0 && mono_now() - t0 > g_wait_spin) break;
+        if (SN_DONE(v)) {
+            t_spin = t_spin * 1.25 < g_wait_spin ? t_spin * 1.25 : g_wait_spin;
+            return;
+        }
+        if ((i & 63) == 0 && mono_now() - t0 > t_spin) break;
     }
+    t_spin = t_spin * 0.5 > 1e-6 ? t_spin * 0.5 : 1e-6;
     atomic_fetch_add(&g_waiters, 1);
     for (;;) {
         v = atomic_load(counter);
@@ -295,14 +304,23 @@ typedef struct {
     const sn_vtab *vt;
     float *x, *y;
     int T;
-    int per_img, total;
-    int nch[SN_MAX_OPS];      /* chunks per op (intra mode) */
-    int first[SN_MAX_OPS];    /* first chunk index of op within an image */
-    int16_t *op_of;           /* chunk within image -> op */
-    atomic_int next;
-    atomic_int *done;         /* [batch * nops] finished chunks */
+    int nch[SN_MAX_OPS];      /* chunks per op (mode 0) */
+    atomic_int *done;         /* [batch * nops] finished chunks (mode 0) */
+    _Atomic uint64_t *range;  /* [batch * nops * T] unclaimed chunks of each thread: hi << 32 | lo */
     atomic_int imgs_next, imgs_done;
 } sn_job;
+
+/* Claim the next chunk of a range from the front (its owner) or the back (a thief); -1 when empty. */
+static int range_pop(_Atomic uint64_t *r, int back)
+{
+    uint64_t old = atomic_load(r);
+    for (;;) {
+        const uint32_t lo = (uint32_t)old, hi = (uint32_t)(old >> 32);
+        if (lo >= hi) return -1;
+        const uint64_t nw = back ? ((uint64_t)(hi - 1) << 32 | lo) : ((uint64_t)hi << 32 | (lo + 1));
+        if (atomic_compare_exchange_weak(r, &old, nw)) return back ? (int)(hi - 1) : (int)lo;
+    }
+}
 
 static void resolve(const sn_job *j, int img, int set, float **slot)
 {
@@ -312,29 +330,32 @@ static void resolve(const sn_job *j, int img, int set, float **slot)
     slot[1] = j->y + (ptrdiff_t)img * p->slot_img[1];
 }
 
+/* Mode 0: every thread walks through all ops in order. Thread t owns the t-th contiguous share of each op's
+ * chunks (the kernels number chunks so that a share is one region of the image, which then stays in that
+ * core's cache from op to op), runs it front to back, then takes what is left of the others' shares from
+ * their back. An op starts once the previous one has finished; a thread that the OS does not run simply
+ * finds its shares taken. */
 static void job_intra(void *arg, int tid)
 {
-    (void)tid;
     sn_job *j = (sn_job *)arg;
     const sn_plan *p = j->plan;
-    const int nops = p->nops;
+    const int nops = p->nops, T = j->T;
     float *slot[SN_MAX_SLOTS];
-    int cur_img = -1;
-    for (;;) {
-        const int c = atomic_fetch_add(&j->next, 1);
-        if (c >= j->total) break;
-        const int img = c / j->per_img, r = c % j->per_img, op = j->op_of[r];
-        const int q = img * nops + op;
-        if (q > 0) {
-            const int prev = op > 0 ? op - 1 : nops - 1;
-            wait_at_least(&j->done[q - 1], j->nch[prev]);
+    for (int img = 0; img < p->batch; img++) {
+        resolve(j, img, 0, slot);
+        for (int op = 0; op < nops; op++) {
+            const int q = img * nops + op;
+            if (q > 0) wait_at_least(&j->done[q - 1], j->nch[op > 0 ? op - 1 : nops - 1]);
+            _Atomic uint64_t *r = j->range + (ptrdiff_t)q * T;
+            for (int k = 0; k < T; k++) {
+                const int v = (tid + k) % T;
+                int c;
+                while ((c = range_pop(&r[v], k != 0)) >= 0) {
+                    j->vt->run(&p->ops[op], slot, p->slot_cs, c, T);
+                    signal_add(&j->done[q], 1);
+                }
+            }
         }
-        if (img != cur_img) {
-            resolve(j, img, 0, slot);
-            cur_img = img;
-        }
-        j->vt->run(&p->ops[op], slot, p->slot_cs, r - j->first[op], j->T);
-        signal_add(&j->done[q], 1);
     }
 }
 
@@ -378,26 +399,22 @@ SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
         wait_at_least(&j->imgs_done, plan->batch);
     } else {
         j->T = T;
-        int per = 0;
-        for (int o = 0; o < plan->nops; o++) {
-            j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
-            j->first[o] = per;
-            per += j->nch[o];
-        }
-        j->per_img = per;
-        j->total = per * plan->batch;
-        j->op_of = (int16_t *)malloc(sizeof(int16_t) * (size_t)per);
-        j->done = (atomic_int *)calloc((size_t)plan->batch * plan->nops, sizeof(atomic_int));
-        if (!j->op_of || !j->done) {
+        for (int o = 0; o < plan->nops; o++) j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
+        const size_t nq = (size_t)plan->batch * plan->nops;
+        j->done = (atomic_int *)calloc(nq, sizeof(atomic_int));
+        j->range = (_Atomic uint64_t *)calloc(nq * (size_t)T, sizeof(uint64_t));
+        if (!j->done || !j->range) {
             rc = -3;
         } else {
-            for (int o = 0; o < plan->nops; o++)
-                for (int c = 0; c < j->nch[o]; c++) j->op_of[j->first[o] + c] = (int16_t)o;
+            for (size_t q = 0; q < nq; q++) {
+                const uint64_t n = (uint64_t)j->nch[q % plan->nops];
+                for (int t = 0; t < T; t++)
+                    atomic_init(&j->range[q * T + t], (n * (t + 1) / T) << 32 | (n * t / T));
+            }
             pool_run(job_intra, j, T);
-            const int lastq = plan->batch * plan->nops - 1;
-            wait_at_least(&j->done[lastq], j->nch[plan->nops - 1]);
+            wait_at_least(&j->done[nq - 1], j->nch[plan->nops - 1]);
         }
-        free(j->op_of);
+        free((void *)j->range);
         free((void *)j->done);
     }
     pthread_mutex_unlock(&g_run_mu);
