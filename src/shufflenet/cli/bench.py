@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of timed rounds when --rounds is unset",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed forward passes per backend")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=10.0,
+        help="sleep before each timed call, so that the previous backend's spinning threads go idle",
+    )
     p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         warmup=args.warmup,
         time_budget=args.time_budget,
+        gap=args.gap_ms / 1e3,
         log=log,
     )
     res.model = args.model

@@ -4,7 +4,9 @@
 Method: every backend is built from the same weights and checked against eager PyTorch (max relative error),
 warmed up, then timed in interleaved rounds: each round times one forward pass of every backend, in an order
 that rotates from round to round, so that load from other processes, frequency changes and cache state hit all
-backends alike. Reported per backend: median, 10th and 90th percentile and minimum latency, images per second
+backends alike. Before each timed call the benchmark sleeps ``gap`` seconds (default 10 ms): the thread pools
+of PyTorch (OpenMP), ONNX Runtime and the native engine keep spinning for a while after a call, and without the
+gap those spinners would take the cores from whichever backend is timed next. Reported per backend: median, 10th and 90th percentile and minimum latency, images per second
 and achieved GFLOP/s (2 x multiply-adds of :func:`shufflenet.complexity.profile` per image / median latency),
 and the ratio of every pair of medians. The system load average before and after is recorded: on a busy machine
 medians are noisy, and the spread (p10-p90) says how much.
@@ -165,6 +167,7 @@ def run_benchmark(
     time_budget: float = 20.0,
     min_rounds: int = 10,
     max_rounds: int = 300,
+    gap: float = 0.01,
     built: dict[str, tuple[nn.Module | None, BackendResult]] | None = None,
     log=None,
 ) -> BenchResult:
@@ -175,6 +178,7 @@ def run_benchmark(
             and the native engine get the same thread count).
         rounds: timed rounds; default: as many as fit ``time_budget`` seconds (at least ``min_rounds``).
         warmup: untimed calls per backend before timing.
+        gap: seconds to sleep before each timed call (lets other backends' spinning threads go idle).
         built: backends already built for this model and thread count (reused across batch sizes).
         log: ``print``-like callable for progress, or None.
     """
@@ -235,12 +239,15 @@ def run_benchmark(
             t0 = time.perf_counter()
             mods[b](inp)
             per_round += time.perf_counter() - t0
+        per_round += gap * len(names)
         rounds = int(max(min_rounds, min(max_rounds, time_budget / max(per_round, 1e-6))))
     say(f"  timing {len(names)} backends x {rounds} interleaved rounds")
     for r in range(rounds):
         k = r % max(1, len(names))
         for b in names[k:] + names[:k]:
             inp = x_cl if b in ("eager", "optimized", "compile") else x
+            if gap > 0:
+                time.sleep(gap)
             t0 = time.perf_counter()
             mods[b](inp)
             results[b].times_ms.append((time.perf_counter() - t0) * 1e3)

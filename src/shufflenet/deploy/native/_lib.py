@@ -30,6 +30,13 @@ class NativeLibrary:
     def isa_name(self) -> str:
         return ISA_NAMES[self.isa]
 
+    def stats(self) -> dict[str, int]:
+        """``{"parallel_runs": calls with one image at a time and threads > 1, "serial_fallbacks": how many
+        of them ran on one thread because waiting for the other threads had stalled (a busy machine)}``."""
+        out = (ctypes.c_long * 2)()
+        self.cdll.sn_stats(out)
+        return {"parallel_runs": int(out[0]), "serial_fallbacks": int(out[1])}
+
     def vector_width(self, isa: int | None = None) -> int:
         return int(self.cdll.sn_vector_width(self.isa if isa is None else isa))
 
@@ -78,6 +85,8 @@ def _load() -> NativeLibrary:
         ctypes.c_int,
         ctypes.c_int,
     ]
+    lib.sn_stats.restype = None
+    lib.sn_stats.argtypes = [ctypes.POINTER(ctypes.c_long)]
     lib.sn_pack_size.restype = ctypes.c_int64
     lib.sn_pack_size.argtypes = [ctypes.c_int, ctypes.POINTER(SnOp)]
     lib.sn_pack.restype = None

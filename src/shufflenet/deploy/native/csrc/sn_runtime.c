@@ -143,6 +143,7 @@ static void signal_add(atomic_int *counter, int d)
 /* Spin budget of this thread, adapted: halved each time spinning did not suffice (the thread we wait for was
  * not running: a busy machine, where spinning only takes CPU from it), grown back when it did. */
 static _Thread_local double t_spin = -1.0;
+static _Thread_local double t_slept = 0.0; /* seconds this thread slept in wait_for (stall accounting) */
 
 /* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
 static void wait_for(atomic_int *counter, int target, int ge)
@@ -163,6 +164,7 @@ static void wait_for(atomic_int *counter, int target, int ge)
         if ((i & 63) == 0 && mono_now() - t0 > t_spin) break;
     }
     t_spin = t_spin * 0.5 > 1e-6 ? t_spin * 0.5 : 1e-6;
+    const double ts = mono_now();
     atomic_fetch_add(&g_waiters, 1);
     for (;;) {
         v = atomic_load(counter);
@@ -170,6 +172,7 @@ static void wait_for(atomic_int *counter, int target, int ge)
         futex_wait(counter, v);
     }
     atomic_fetch_sub(&g_waiters, 1);
+    t_slept += mono_now() - ts;
 #undef SN_DONE
 }
 
@@ -298,6 +301,8 @@ static void pool_run(job_fn fn, void *arg, int T)
 /* ------------------------------------------------------------------------------------- executor ------- */
 #define SN_MAX_SLOTS 64
 #define SN_MAX_OPS 1024
+#define SN_PAD_I 16 /* one 64-byte line per counter: no false sharing between threads */
+#define SN_PAD_R 8
 
 typedef struct {
     const sn_plan *plan;
@@ -305,8 +310,8 @@ typedef struct {
     float *x, *y;
     int T;
     int nch[SN_MAX_OPS];      /* chunks per op (mode 0) */
-    atomic_int *done;         /* [batch * nops] finished chunks (mode 0) */
-    _Atomic uint64_t *range;  /* [batch * nops * T] unclaimed chunks of each thread: hi << 32 | lo */
+    atomic_int *done;         /* finished chunks of op q at done[q * SN_PAD_I] (mode 0) */
+    _Atomic uint64_t *range;  /* unclaimed chunks of thread t in op q at range[(q * T + t) * SN_PAD_R]: hi << 32 | lo */
     atomic_int imgs_next, imgs_done;
 } sn_job;
 
@@ -345,14 +350,14 @@ static void job_intra(void *arg, int tid)
         resolve(j, img, 0, slot);
         for (int op = 0; op < nops; op++) {
             const int q = img * nops + op;
-            if (q > 0) wait_at_least(&j->done[q - 1], j->nch[op > 0 ? op - 1 : nops - 1]);
-            _Atomic uint64_t *r = j->range + (ptrdiff_t)q * T;
+            if (q > 0) wait_at_least(&j->done[(q - 1) * SN_PAD_I], j->nch[op > 0 ? op - 1 : nops - 1]);
+            _Atomic uint64_t *r = j->range + (ptrdiff_t)q * T * SN_PAD_R;
             for (int k = 0; k < T; k++) {
                 const int v = (tid + k) % T;
                 int c;
-                while ((c = range_pop(&r[v], k != 0)) >= 0) {
+                while ((c = range_pop(&r[v * SN_PAD_R], k != 0)) >= 0) {
                     j->vt->run(&p->ops[op], slot, p->slot_cs, c, T);
-                    signal_add(&j->done[q], 1);
+                    signal_add(&j->done[q * SN_PAD_I], 1);
                 }
             }
         }
@@ -374,6 +379,23 @@ static void job_batch(void *arg, int tid)
         }
         signal_add(&j->imgs_done, 1);
     }
+}
+
+/* Contention fallback (mode 0 only, where threads hand work to each other op by op). On a machine where other
+ * processes take the cores, the thread an op waits for is often not running, and waiting for it costs more
+ * than a second thread gains. When the caller slept for over a fifth of a run waiting for other threads, the
+ * next g_backoff runs use one thread (backoff doubling up to 256 while it persists), then two threads are
+ * tried again. SHUFFLENET_NATIVE_ADAPTIVE=0 disables it. Guarded by g_run_mu. */
+static int g_adaptive = -1, g_skip = 0, g_backoff = 8;
+static long g_runs = 0, g_serial_runs = 0;
+
+/* Counters since load: [runs in mode 0 with T > 1 requested, of which run on one thread for contention]. */
+SN_API void sn_stats(long *out)
+{
+    pthread_mutex_lock(&g_run_mu);
+    out[0] = g_runs;
+    out[1] = g_serial_runs;
+    pthread_mutex_unlock(&g_run_mu);
 }
 
 /* Run a bound plan on x (slot 0) into y (slot 1) with T threads and instruction set isa.
@@ -398,21 +420,46 @@ SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
         pool_run(job_batch, j, T);
         wait_at_least(&j->imgs_done, plan->batch);
     } else {
+        if (g_adaptive < 0) {
+            const char *e = getenv("SHUFFLENET_NATIVE_ADAPTIVE");
+            g_adaptive = !(e && e[0] == '0');
+        }
+        if (T > 1) {
+            g_runs++;
+            if (g_adaptive && g_skip > 0) {
+                g_skip--;
+                g_serial_runs++;
+                T = 1;
+            }
+        }
+        const int probe = T > 1;
+        t_slept = 0.0;
+        const double t0 = mono_now();
         j->T = T;
         for (int o = 0; o < plan->nops; o++) j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
         const size_t nq = (size_t)plan->batch * plan->nops;
-        j->done = (atomic_int *)calloc(nq, sizeof(atomic_int));
-        j->range = (_Atomic uint64_t *)calloc(nq * (size_t)T, sizeof(uint64_t));
+        j->done = (atomic_int *)aligned_alloc(64, nq * SN_PAD_I * sizeof(atomic_int));
+        j->range = (_Atomic uint64_t *)aligned_alloc(64, nq * (size_t)T * SN_PAD_R * sizeof(uint64_t));
         if (!j->done || !j->range) {
             rc = -3;
         } else {
             for (size_t q = 0; q < nq; q++) {
                 const uint64_t n = (uint64_t)j->nch[q % plan->nops];
+                atomic_init(&j->done[q * SN_PAD_I], 0);
                 for (int t = 0; t < T; t++)
-                    atomic_init(&j->range[q * T + t], (n * (t + 1) / T) << 32 | (n * t / T));
+                    atomic_init(&j->range[(q * T + t) * SN_PAD_R], (n * (t + 1) / T) << 32 | (n * t / T));
             }
             pool_run(job_intra, j, T);
-            wait_at_least(&j->done[nq - 1], j->nch[plan->nops - 1]);
+            wait_at_least(&j->done[(nq - 1) * SN_PAD_I], j->nch[plan->nops - 1]);
+            if (probe && g_adaptive) {
+                const double stall = t_slept / (mono_now() - t0 + 1e-9);
+                if (stall > 0.2) {
+                    g_skip = g_backoff;
+                    g_backoff = g_backoff < 256 ? 2 * g_backoff : 256;
+                } else if (stall < 0.05) {
+                    g_backoff = 8;
+                }
+            }
         }
         free((void *)j->range);
         free((void *)j->done);
