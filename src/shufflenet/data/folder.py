@@ -1,0 +1,131 @@
+"""Image folders: one sub-folder per class, images decoded by Pillow (JPEG, PNG, BMP, GIF, WebP, TIFF).
+
+Two layouts are recognised:
+
+- ``root/train/<class>/*`` with ``root/val/<class>/*`` (or ``test/``): the given splits;
+- ``root/<class>/*``: one pool, split into training and validation per class with a fixed seed.
+
+Images are decoded when a sample is read, as RGB. An image that cannot be decoded raises
+:class:`UnreadableImage`; the loader (:mod:`.loader`) catches it, drops the sample from its batch and counts it,
+so a damaged file never stops an epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .datasets import Subset, split_indices
+from .spec import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UnreadableImage",
+    "ImageFolder",
+    "find_folder_layout",
+    "load_folder",
+    "read_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_EVAL_DIRS = ("val", "valid", "validation", "test")
+
+
+class UnreadableImage(ValueError):
+    """An image file that Pillow cannot decode; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot read image {str(path)!r}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode ``path`` to a (3, H, W) uint8 RGB tensor; raises :class:`UnreadableImage`."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in d.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """All images under ``root/<class>/``; ``classes`` are the sorted sub-folder names.
+
+    Pass ``classes`` to index against another split's class list (a folder not in it is an error).
+    """
+
+    name = "folder"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    hflip = True
+    channels = 3
+    image_size = None  # varies per image
+
+    def __init__(self, root: str | Path, classes: list[str] | None = None) -> None:
+        self.root = Path(root)
+        dirs = _class_dirs(self.root)
+        found = [d.name for d in dirs]
+        self.classes = list(classes) if classes is not None else found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise ValueError(
+                f"class folders {unknown} under {str(self.root)!r} are not among {self.classes}"
+            )
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(p, index[d.name]) for d in dirs for p in _image_files(d)]
+        if not self.samples:
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of {str(self.root)!r}"
+            )
+        self.targets = np.array([y for _, y in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return read_image(path), label
+
+
+def find_folder_layout(path: str | Path) -> tuple[Path, Path | None] | None:
+    """``(train_dir, eval_dir)`` for the split layout, ``(root, None)`` for one pool, ``None`` otherwise."""
+    path = Path(path)
+    if _class_dirs(path / "train"):
+        for name in _EVAL_DIRS:
+            if _class_dirs(path / name):
+                return path / "train", path / name
+        return path / "train", None
+    dirs = _class_dirs(path)
+    if dirs and any(_image_files(d)[:1] for d in dirs):
+        return path, None
+    return None
+
+
+def load_folder(path: str | Path, train: bool = True, val_fraction: float = 0.2):
+    """The training or evaluation images of an image-folder tree (see the module docstring)."""
+    layout = find_folder_layout(path)
+    if layout is None:
+        raise FileNotFoundError(f"{str(path)!r} has no class sub-folders with images")
+    train_dir, eval_dir = layout
+    pool = ImageFolder(train_dir)
+    if eval_dir is not None:
+        return pool if train else ImageFolder(eval_dir, classes=pool.classes)
+    train_idx, val_idx = split_indices(pool.targets, val_fraction)
+    return Subset(pool, train_idx if train else val_idx)

@@ -1,0 +1,263 @@
+"""Readers of the on-disk formats (tiny files written here), format detection, bad data, built-in digits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shufflenet.data import build_dataset, builtin_digits, detect_format, split_indices
+from shufflenet.data.cifar import SafeUnpickler, load_cifar, safe_load_pickle
+from shufflenet.data.folder import UnreadableImage, load_folder, read_image
+from shufflenet.data.loader import collate, make_loader
+from shufflenet.data.mnist import load_mnist, read_idx
+from shufflenet.data.spec import InputSpec
+from shufflenet.data.transforms import build_transform
+
+RNG = np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------- writers of each format
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def write_mnist(root: Path, n_train=12, n_test=5, gz=True) -> dict[str, np.ndarray]:
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": RNG.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": RNG.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) * 3) % 10,
+    }
+    for name, a in arrays.items():
+        write_idx(root / (name + (".gz" if gz else "")), a, gz)
+    return arrays
+
+
+def write_cifar(root: Path, variant="cifar10", n=6, protocol=4) -> tuple[np.ndarray, list[int]]:
+    """Images (N, 32, 32, 3) and labels of the training split, written in the official python layout."""
+    images = RNG.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    flat = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # R plane, G plane, B plane
+    if variant == "cifar10":
+        d = root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        labels = [i % 10 for i in range(n)]
+        per = -(-n // 5)
+        for b in range(5):
+            s = slice(b * per, (b + 1) * per)
+            batch = {b"batch_label": b"x", b"labels": labels[s], b"data": flat[s], b"filenames": []}
+            (d / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch, protocol=protocol))
+        (d / "test_batch").write_bytes(
+            pickle.dumps({b"labels": [1, 2], b"data": flat[:2]}, protocol=protocol)
+        )
+        names = [f"class{i}".encode() for i in range(10)]
+        (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=protocol))
+    else:
+        d = root / "cifar-100-python"
+        d.mkdir(parents=True)
+        labels = [(7 * i) % 100 for i in range(n)]
+        batch = {b"fine_labels": labels, b"coarse_labels": [0] * n, b"data": flat}
+        (d / "train").write_bytes(pickle.dumps(batch, protocol=protocol))
+        (d / "test").write_bytes(
+            pickle.dumps({b"fine_labels": [3], b"data": flat[:1]}, protocol=protocol)
+        )
+        meta = {
+            b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+            b"coarse_label_names": [],
+        }
+        (d / "meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    return images, labels
+
+
+def write_folder(root: Path, classes=("cat", "dog"), per_class=5, size=(20, 14)) -> None:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            arr = RNG.integers(0, 256, (*size[::-1], 3)).astype(np.uint8)
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(arr).save(root / c / f"{i}.{ext}")
+
+
+# ----------------------------------------------------------------- MNIST
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_pixels_and_labels(tmp_path, gz):
+    arrays = write_mnist(tmp_path, gz=gz)
+    assert detect_format(tmp_path) == "mnist"
+    train, test = load_mnist(tmp_path, True), load_mnist(tmp_path, False)
+    assert len(train) == 12 and len(test) == 5
+    img, label = train[3]
+    assert img.shape == (1, 28, 28) and img.dtype == torch.uint8
+    assert np.array_equal(img[0].numpy(), arrays["train-images-idx3-ubyte"][3])
+    assert label == 3 and test[2][1] == 6
+    assert train.classes == [str(i) for i in range(10)] and train.hflip is False
+
+
+def test_idx_truncated_or_foreign_is_a_clear_error(tmp_path):
+    write_mnist(tmp_path, gz=False)
+    f = tmp_path / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(f)
+    f.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(f)
+    g = tmp_path / "bad.gz"
+    g.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="cannot read IDX"):
+        read_idx(g)
+
+
+# ----------------------------------------------------------------- CIFAR
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar10_batches(tmp_path, protocol):
+    images, labels = write_cifar(tmp_path, "cifar10", n=10, protocol=protocol)
+    for path in (tmp_path, tmp_path / "cifar-10-batches-py"):
+        assert detect_format(path) == "cifar10"
+    ds = load_cifar(tmp_path, train=True)
+    assert len(ds) == 10 and ds.classes[3] == "class3"
+    img, label = ds[7]
+    assert img.shape == (3, 32, 32)
+    assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(images[7]))  # planes decoded as RGB
+    assert label == labels[7]
+    assert len(load_cifar(tmp_path, train=False)) == 2
+
+
+def test_cifar100_fine_labels(tmp_path):
+    images, labels = write_cifar(tmp_path, "cifar100", n=4)
+    assert detect_format(tmp_path) == "cifar100"
+    ds = build_dataset(tmp_path, train=True)
+    assert len(ds.classes) == 100 and ds.name == "cifar100"
+    assert [ds[i][1] for i in range(4)] == labels
+    assert torch.equal(ds[2][0].permute(1, 2, 0), torch.from_numpy(images[2]))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_cifar_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_cifar(tmp_path, "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(
+        pickle.dumps({b"data": _Evil()})
+    )
+    with pytest.raises(ValueError, match="refusing to load global"):
+        load_cifar(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    with (
+        open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f,
+        pytest.raises(pickle.UnpicklingError),
+    ):
+        SafeUnpickler(f).load()
+
+
+def test_cifar_truncated_batch_is_a_clear_error(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    f = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match="data_batch_2"):
+        load_cifar(tmp_path)
+    assert isinstance(safe_load_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta"), dict)
+
+
+# ----------------------------------------------------------------- image folders
+def test_folder_single_pool_is_split_per_class(tmp_path):
+    write_folder(tmp_path, per_class=5)
+    assert detect_format(tmp_path) == "folder"
+    train, val = load_folder(tmp_path, True, 0.2), load_folder(tmp_path, False, 0.2)
+    assert train.classes == ["cat", "dog"] and len(train) == 8 and len(val) == 2
+    assert sorted(int(y) for y in val.targets) == [0, 1]
+    img, label = train[0]
+    assert img.shape == (3, 14, 20) and img.dtype == torch.uint8
+
+
+def test_folder_train_val_layout(tmp_path):
+    write_folder(tmp_path / "train", per_class=3)
+    write_folder(tmp_path / "val", per_class=2)
+    assert len(build_dataset(tmp_path, True)) == 6
+    assert len(build_dataset(tmp_path, False)) == 4
+    (tmp_path / "val" / "horse").mkdir()
+    with pytest.raises(ValueError, match="horse"):
+        build_dataset(tmp_path, False)
+
+
+def test_unreadable_images_are_skipped_counted_and_reported(tmp_path):
+    write_folder(tmp_path / "train", per_class=4)
+    write_folder(tmp_path / "val", per_class=1)
+    bad = [tmp_path / "train" / "cat" / "broken.jpg", tmp_path / "train" / "dog" / "empty.png"]
+    bad[0].write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    bad[1].write_bytes(b"")
+    truncated = tmp_path / "train" / "dog" / "cut.jpg"
+    good = (tmp_path / "train" / "dog" / "1.png").read_bytes()
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UnreadableImage, match="broken.jpg"):
+        read_image(bad[0])
+    ds = build_dataset(tmp_path, True)
+    assert len(ds) == 11
+    spec = InputSpec(16, None, "RGB", 1.0, (0.5,) * 3, (0.25,) * 3)
+    for train in (True, False):
+        loader = make_loader(ds, build_transform(spec, train), 4, train=False, workers=0)
+        seen, skipped = 0, []
+        for images, labels, paths in loader:  # never raises
+            assert images.shape[1:] == (3, 16, 16) and len(images) == len(labels)
+            seen += len(labels)
+            skipped += paths
+        assert sorted(skipped) == sorted(str(p) for p in [*bad, truncated])
+        assert seen == 8  # 11 images, 3 unreadable
+
+
+def test_collate_of_only_unreadable_samples():
+    images, labels, skipped = collate([])
+    assert images.numel() == 0 and labels.numel() == 0 and skipped == []
+
+
+# ----------------------------------------------------------------- detection errors
+def test_missing_path_names_path_and_formats(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError) as e:
+        build_dataset(missing, True)
+    assert (
+        str(missing) in str(e.value) and "MNIST IDX" in str(e.value) and "CIFAR-10" in str(e.value)
+    )
+
+
+def test_unrecognised_layout_names_path_and_formats(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(ValueError) as e:
+        detect_format(tmp_path)
+    assert str(tmp_path) in str(e.value) and "image folder" in str(e.value)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"x")
+    with pytest.raises(ValueError, match="extract"):
+        detect_format(archive)
+
+
+# ----------------------------------------------------------------- built-in digits
+def test_builtin_digits_split():
+    train, val = builtin_digits(True), builtin_digits(False)
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    assert not set(train.indices) & set(val.indices)
+    assert np.array_equal(train.indices, builtin_digits(True).indices)  # deterministic
+    counts = np.bincount(val.targets, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified, ~20% per class
+    img, label = train[0]
+    assert img.shape == (1, 32, 32) and img.dtype == torch.uint8 and img.max() > 200
+    assert build_dataset("builtin", True, image_size=16)[0][0].shape == (1, 16, 16)
+
+
+def test_split_indices_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="val_fraction=1.5"):
+        split_indices([0, 1, 1], 1.5)
