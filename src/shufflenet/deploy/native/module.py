@@ -247,6 +247,7 @@ class NativeModule(nn.Module):
                 size = int(self.lib.cdll.sn_pack_size(self.isa, ctypes.byref(so)))
                 op.wp = torch.empty(max(size, 1), dtype=torch.float32)
                 self.lib.cdll.sn_pack(self.isa, ctypes.byref(so), op.wp.data_ptr())
+                op.w = None  # the kernels read only the packed copy
 
     @property
     def isa_name(self) -> str:

@@ -163,49 +163,86 @@ static void pw_pack(const sn_op *op, float *wp)
     }
 }
 
-/* The last P % VW pixels of a plane: vectors run along output channels instead (W rows are contiguous in n),
- * TR pixels x TV channel vectors per register tile, then a scalar epilogue writes the planes. This avoids
- * computing a whole pixel vector for a few pixels (at 7x7, 49 = 3 * 16 + 1). */
-#define TAIL_TR 1
-#define TAIL_TV 4
-static void pw_tail(int K, const float *a, const int32_t *koff, const float *w, int ldw, const float *bias,
-                    float *o, int64_t so, const float *r, int64_t sr, int relu, int p0, int np, int nch)
+/* The last P % VW pixels of a plane: vectors run along output channels instead of pixels, then a scalar
+ * epilogue writes the planes. This avoids computing a whole pixel vector for a few pixels (at 7x7, 49 = 3 * 16
+ * + 1). It reads the same packed weights ([K][mr] per block of mr output channels): each vector holds one
+ * block or two neighbouring ones (two masked loads merged), TAIL_B vectors at a time. Blocks wider than VW (the
+ * portable build) use the pixel-vector kernel on the partial vector instead. */
+#define TAIL_B 4
+static void pw_tail(int K, const float *a, const int32_t *koff, const float *wg, const float *bias, float *o,
+                    int64_t so, const float *r, int64_t sr, int relu, int p0, int np, int b0, int b1, int base,
+                    int extra)
 {
-    float tmp[TAIL_TR][TAIL_TV * VW];
-    for (int pp = 0; pp < np; pp += TAIL_TR) {
-        const int tr = MIN(TAIL_TR, np - pp);
-        int pix[TAIL_TR];
-        for (int i = 0; i < TAIL_TR; i++) pix[i] = p0 + pp + MIN(i, tr - 1);
-        for (int n = 0; n < nch; n += TAIL_TV * VW) {
-            vm m[TAIL_TV];
-            vf acc[TAIL_TR][TAIL_TV];
-            UNROLL for (int j = 0; j < TAIL_TV; j++) {
-                m[j] = v_mask_n(nch - n - j * VW);
-                const vf bj = v_loadz(bias + n + j * VW, m[j]);
-                UNROLL for (int i = 0; i < TAIL_TR; i++) acc[i][j] = bj;
+    float tmp[TAIL_B][VW];
+    for (int bb = b0; bb < b1;) {
+        /* pack the next blocks into up to TAIL_B vectors: vector j holds cnt[j] (1 or 2) neighbouring blocks */
+        int cnt[TAIL_B], n0[TAIL_B], width[TAIL_B], mr0[TAIL_B], mr1[TAIL_B];
+        const float *w0[TAIL_B], *w1[TAIL_B];
+        vm m0[TAIL_B], m1[TAIL_B];
+        int nvj = 0;
+        while (nvj < TAIL_B && bb < b1) {
+            const int f = bb, m_f = base + (f < extra);
+            int c = 1;
+            const int m_s = f + 1 < b1 ? base + (f + 1 < extra) : 0;
+            if (m_s && m_f + m_s <= VW) c = 2;
+            cnt[nvj] = c;
+            n0[nvj] = blk_start(f, base, extra);
+            mr0[nvj] = m_f;
+            mr1[nvj] = c == 2 ? m_s : 0;
+            width[nvj] = m_f + mr1[nvj];
+            bb += c;
+            nvj++;
+        }
+        for (int j = 0; j < TAIL_B; j++) {
+            const int jj = MIN(j, nvj - 1); /* unused slots repeat the last vector, not stored */
+            w0[j] = wg + (ptrdiff_t)K * n0[jj];
+            w1[j] = cnt[jj] == 2 ? w0[j] + (ptrdiff_t)K * mr0[jj] - mr0[jj] : w0[j];
+            m0[j] = v_mask_n(mr0[jj]);
+            m1[j] = v_mask_range(mr0[jj], width[jj]);
+            if (j != jj) {
+                mr0[j] = mr0[jj];
+                mr1[j] = mr1[jj];
+                n0[j] = n0[jj];
+                width[j] = width[jj];
             }
-            for (int k = 0; k < K; k++) {
-                const float *ak = a + koff[k];
-                const float *wk = w + (ptrdiff_t)k * ldw + n;
-                vf wv[TAIL_TV];
-                UNROLL for (int j = 0; j < TAIL_TV; j++) wv[j] = v_loadz(wk + j * VW, m[j]);
-                UNROLL for (int i = 0; i < TAIL_TR; i++) {
-                    const vf ab = v_set1(ak[pix[i]]);
-                    UNROLL for (int j = 0; j < TAIL_TV; j++) acc[i][j] = v_fma(ab, wv[j], acc[i][j]);
+        }
+        for (int p = p0; p < p0 + np; p++) {
+            vf acc0[TAIL_B], acc1[TAIL_B];
+            UNROLL for (int j = 0; j < TAIL_B; j++) {
+                acc0[j] = v_loadz(bias + n0[j], v_mask_n(width[j]));
+                acc1[j] = v_zero();
+            }
+            int k = 0;
+            for (; k + 2 <= K; k += 2) {
+                const vf a0 = v_set1(a[koff[k] + p]), a1 = v_set1(a[koff[k + 1] + p]);
+                UNROLL for (int j = 0; j < TAIL_B; j++) {
+                    vf x0 = v_loadz(w0[j] + (ptrdiff_t)k * mr0[j], m0[j]);
+                    vf x1 = v_loadz(w0[j] + (ptrdiff_t)(k + 1) * mr0[j], m0[j]);
+                    if (mr1[j]) {
+                        x0 = v_loadf(w1[j] + (ptrdiff_t)k * mr1[j], m1[j], x0);
+                        x1 = v_loadf(w1[j] + (ptrdiff_t)(k + 1) * mr1[j], m1[j], x1);
+                    }
+                    acc0[j] = v_fma(a0, x0, acc0[j]);
+                    acc1[j] = v_fma(a1, x1, acc1[j]);
                 }
             }
-            UNROLL for (int i = 0; i < TAIL_TR; i++)
-                UNROLL for (int j = 0; j < TAIL_TV; j++) v_store(&tmp[i][j * VW], acc[i][j]);
-            const int nn = MIN(TAIL_TV * VW, nch - n);
-            for (int i = 0; i < tr; i++) {
-                const int p = pix[i];
-                for (int c = 0; c < nn; c++) {
-                    float x = tmp[i][c];
-                    if (r) x += r[(ptrdiff_t)(n + c) * sr + p];
+            if (k < K) {
+                const vf a0 = v_set1(a[koff[k] + p]);
+                UNROLL for (int j = 0; j < TAIL_B; j++) {
+                    vf x0 = v_loadz(w0[j] + (ptrdiff_t)k * mr0[j], m0[j]);
+                    if (mr1[j]) x0 = v_loadf(w1[j] + (ptrdiff_t)k * mr1[j], m1[j], x0);
+                    acc0[j] = v_fma(a0, x0, acc0[j]);
+                }
+            }
+            UNROLL for (int j = 0; j < TAIL_B; j++) v_store(tmp[j], v_add(acc0[j], acc1[j]));
+            for (int j = 0; j < nvj; j++)
+                for (int c = 0; c < width[j]; c++) {
+                    const int n = n0[j] + c;
+                    float x = tmp[j][c];
+                    if (r) x += r[(ptrdiff_t)n * sr + p];
                     if (relu && x < 0.0f) x = 0.0f;
-                    o[(ptrdiff_t)(n + c) * so + p] = x;
+                    o[(ptrdiff_t)n * so + p] = x;
                 }
-            }
         }
     }
 }
@@ -221,10 +258,8 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     const int v0 = (int)((int64_t)nvec * pi / ps), v1 = (int)((int64_t)nvec * (pi + 1) / ps);
     const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
     if (v0 >= v1 || b0 >= b1) return;
-    const int n0 = blk_start(b0, base, extra), n1 = blk_start(b1, base, extra);
     const float *a = slot[op->src];
     const int32_t *koff = op->koff + (ptrdiff_t)g * K;
-    const float *w = op->w + (ptrdiff_t)g * K * N;
     const float *wp = op->wp + (ptrdiff_t)g * K * N;
     const float *bias = op->b + (ptrdiff_t)g * N;
     const int64_t so = cs[op->dst];
@@ -233,21 +268,22 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     const float *rr = op->res >= 0 ? slot[op->res] + (ptrdiff_t)(op->res_coff + g * N) * sr : NULL;
     const int relu = op->act == SN_ACT_RELU;
     /* full pixel vectors [v0, ve); the partial last vector, if any, goes to pw_tail */
-    const int nfull = P / VW;
+    const int tail = base + (extra > 0) <= VW; /* blocks fit one vector: partial last vector by pw_tail */
+    const int nfull = tail ? P / VW : nvec;
     const int ve = MIN(v1, nfull);
     if (v1 == nvec && nfull < nvec)
-        pw_tail(K, a, koff, w + n0, N, bias + n0, o + n0 * so, so, rr ? rr + n0 * sr : NULL, sr, relu,
-                nfull * VW, P - nfull * VW, n1 - n0);
+        pw_tail(K, a, koff, wp, bias, o, so, rr, sr, relu, nfull * VW, P - nfull * VW, b0, b1, base, extra);
     if (v0 >= ve) return;
     const int NV = PW_NV_DEFAULT;
     const int pix_outer = (int64_t)K * NV * VW * 4 <= 32768;
     if (pix_outer) {
         for (int v = v0; v < ve; v += NV) {
             const int nv = MIN(NV, ve - v), p = v * VW;
+            const int nlast = v + nv == nvec ? P - (nvec - 1) * VW : VW;
             for (int bi = b0; bi < b1; bi++) {
                 const int nn = blk_start(bi, base, extra), mr = base + (bi < extra);
                 pw_tab[nv][mr](K, a + p, koff, wp + (ptrdiff_t)K * nn, mr, bias + nn, o + nn * so + p, so,
-                               rr ? rr + nn * sr + p : NULL, sr, relu, VW);
+                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
             }
         }
     } else {
@@ -255,8 +291,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
             const int nn = blk_start(bi, base, extra), mr = base + (bi < extra);
             for (int v = v0; v < ve; v += NV) {
                 const int nv = MIN(NV, ve - v), p = v * VW;
+                const int nlast = v + nv == nvec ? P - (nvec - 1) * VW : VW;
                 pw_tab[nv][mr](K, a + p, koff, wp + (ptrdiff_t)K * nn, mr, bias + nn, o + nn * so + p, so,
-                               rr ? rr + nn * sr + p : NULL, sr, relu, VW);
+                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
             }
         }
     }
