@@ -78,7 +78,7 @@ class Op:
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
     kidx: np.ndarray | None = None  # PW: [groups * K] input channel of each reduction row
-    # PW, FC: weights repacked for the instruction set (set by NativeModule)
+    # PW, FC, CONV: weights repacked for the instruction set (set by NativeModule)
     wp: torch.Tensor | None = None
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:

@@ -242,8 +242,9 @@ class NativeModule(nn.Module):
         self.in_channels = self.program.values[0].channels
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
         for op in self.program.ops:
-            if op.kind in (OP_PW, OP_FC):
-                so = SnOp(kind=op.kind, groups=op.groups, K=op.K, N=op.N, w=op.w.data_ptr())
+            if op.kind in (OP_PW, OP_FC, OP_CONV):
+                so = SnOp(kind=op.kind, groups=op.groups, K=op.K, N=op.N, cin=op.cin, cout=op.cout)
+                so.w = op.w.data_ptr()
                 size = int(self.lib.cdll.sn_pack_size(self.isa, ctypes.byref(so)))
                 op.wp = torch.empty(max(size, 1), dtype=torch.float32)
                 self.lib.cdll.sn_pack(self.isa, ctypes.byref(so), op.wp.data_ptr())

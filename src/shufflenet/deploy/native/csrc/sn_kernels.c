@@ -403,7 +403,8 @@ static void dw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
 /* ---------------------------------------------------------------------------------------------------------
  * Dense 3x3 convolution with few input channels (the stem), stride 1 or 2, pad 1: per output row and pixel
  * vector, the 9 * cin input vectors are formed once and multiplied into MS output channels at a time.
- * Weights [cin][3][3][cout]. Input planes may be plain (no halo): every load is masked.
+ * Weights [cin][3][3][cout], packed by sn_pack per block of MS output channels as [cin][3][3][MS] (constant
+ * offsets in the kernel). Input planes may be plain (no halo): every load is masked.
  * ------------------------------------------------------------------------------------------------------- */
 #if SN_ISA == 2
 #define CONV_MSMAX 24
@@ -452,11 +453,11 @@ SN_INLINE void conv_body(const int MS, const float *in, int64_t si, int cin, int
                     tc = v_loadz(row, m[1]);
                     tr = v_loadz(row + 1, m[2]);
                 }
-                const float *wt = w + (ptrdiff_t)(ci * 9 + dy * 3) * cout;
+                const float *wt = w + (ptrdiff_t)(ci * 9 + dy * 3) * MS;
                 UNROLL for (int i = 0; i < MS; i++) {
                     acc[i] = v_fma(v_set1(wt[i]), tl, acc[i]);
-                    acc[i] = v_fma(v_set1(wt[cout + i]), tc, acc[i]);
-                    acc[i] = v_fma(v_set1(wt[2 * cout + i]), tr, acc[i]);
+                    acc[i] = v_fma(v_set1(wt[MS + i]), tc, acc[i]);
+                    acc[i] = v_fma(v_set1(wt[2 * MS + i]), tr, acc[i]);
                 }
             }
         }
@@ -501,8 +502,8 @@ static void conv_row(const sn_op *op, const float *in, int64_t si, float *out_ro
     int co = 0;
     for (int bi = 0; bi < nb; bi++) {
         const int ms = base + (bi < extra);
-        conv_tab[ms](in, si, op->cin, op->H, op->W, op->stride, op->w + co, op->cout, op->b + co,
-                     out_row + (ptrdiff_t)co * so, so, OW, cy, op->act == SN_ACT_RELU);
+        conv_tab[ms](in, si, op->cin, op->H, op->W, op->stride, op->wp + (ptrdiff_t)9 * op->cin * co, op->cout,
+                     op->b + co, out_row + (ptrdiff_t)co * so, so, OW, cy, op->act == SN_ACT_RELU);
         co += ms;
     }
 }
@@ -881,15 +882,38 @@ static void shuffle_rows(const float *in, float *out, int64_t p0, int64_t p1, in
 }
 #endif
 
+static void conv_pack(const sn_op *op, float *wp)
+{
+    const int nb = CDIV(op->cout, CONV_MSMAX), base = op->cout / nb, extra = op->cout % nb;
+    int co = 0;
+    for (int bi = 0; bi < nb; bi++) {
+        const int ms = base + (bi < extra);
+        float *o = wp + (ptrdiff_t)9 * op->cin * co;
+        for (int t = 0; t < 9 * op->cin; t++)
+            for (int i = 0; i < ms; i++) o[t * ms + i] = op->w[(ptrdiff_t)t * op->cout + co + i];
+        co += ms;
+    }
+}
+
 static int64_t op_pack_size(const sn_op *op)
 {
-    return op->kind == SN_OP_PW ? pw_pack_size(op) : op->kind == SN_OP_FC ? fc_pack_size(op) : 0;
+    switch (op->kind) {
+    case SN_OP_PW:
+        return pw_pack_size(op);
+    case SN_OP_FC:
+        return fc_pack_size(op);
+    case SN_OP_CONV:
+        return (int64_t)9 * op->cin * op->cout;
+    default:
+        return 0;
+    }
 }
 
 static void op_pack(const sn_op *op, float *wp)
 {
     if (op->kind == SN_OP_PW) pw_pack(op, wp);
     if (op->kind == SN_OP_FC) fc_pack(op, wp);
+    if (op->kind == SN_OP_CONV) conv_pack(op, wp);
 }
 
 #include "sn_vtab.h"

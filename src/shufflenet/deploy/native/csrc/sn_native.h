@@ -44,7 +44,7 @@ typedef struct sn_op {
     int32_t stride, pool;           /* CONV, DW, POOL: stride; POOL: enum sn_pool; CONV: 1 = then max pool */
     int32_t reserved;
     const float *w;                 /* PW, FC: [groups][K][N]; DW: [c][9]; CONV: [cin*9][cout] */
-    const float *wp;                /* PW, FC: w repacked by sn_pack for the instruction set in use */
+    const float *wp;                /* PW, FC, CONV: w repacked by sn_pack for the instruction set in use */
     const float *b;                 /* bias per output channel (may be NULL for POOL, GAP) */
     const int32_t *koff;            /* PW: [groups][K] element offsets of the input planes in src */
     const uint32_t *masks;          /* DW stride 1: per pixel vector {left-ok bits, right-ok bits} */
