@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 
 from shufflenet import load_model, profile
 from shufflenet.train import RECIPES, TrainConfig, fit, resolve
-from shufflenet.train.distributed import _group_parallel, init_distributed
+from shufflenet.train.distributed import init_distributed
 from shufflenet.train.run import Trainer
 
 # A 10k-parameter ShuffleNet on 16x16 digits: one unit per stage.
@@ -116,12 +115,6 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_parallel_groups_needs_several_processes(tmp_path):
     with pytest.raises(ValueError, match="launch several"):
         fit(tiny(tmp_path, epochs=1, max_steps=1, parallel="groups"))
-
-
-def test_parallel_groups_without_the_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "shufflenet.parallel", None)  # as if not installed
-    with pytest.raises(ValueError, match="build_group_parallel"):
-        _group_parallel()
 
 
 def test_dataset_errors_surface_before_training(tmp_path):

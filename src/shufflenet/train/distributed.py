@@ -137,13 +137,9 @@ def resolve_parallel(parallel: str, ctx: DistContext) -> str:
 
 
 def _group_parallel():
-    try:
-        from .. import parallel
-    except ImportError as e:
-        raise ValueError(
-            "--parallel groups needs shufflenet.parallel.build_group_parallel (group-parallel training), "
-            f"which this installation does not provide ({e})"
-        ) from None
+    # imported on demand: torch.distributed collectives are only needed for group-parallel runs
+    from .. import parallel
+
     return parallel
 
 
