@@ -116,9 +116,9 @@ static int split_count(double work, int T, int cap)
 {
     if (T <= 1 || cap <= 1) return 1;
     if (work < 40000.0) return 1;
-    int d = (int)(work / 200000.0);
+    int d = (int)(work / 300000.0); /* about 1-2 us of work per chunk */
     d = MAX(d, 2 * T);
-    d = MIN(d, 12 * T);
+    d = MIN(d, 8 * T);
     return MAX(1, MIN(d, cap));
 }
 
@@ -141,7 +141,7 @@ static void pw_split(const sn_op *op, int T, int *ps, int *ns)
     const int dg = CDIV(d, op->groups);
     int nb, base, extra;
     pw_blocks(op->N, &nb, &base, &extra);
-    *ps = MAX(1, MIN(dg, CDIV(nvec, PW_NV_DEFAULT)));
+    *ps = MAX(1, MIN(dg, CDIV(nvec, PW_NV_DEFAULT))); /* pixel ranges: whole register tiles */
     *ns = MAX(1, MIN(CDIV(dg, *ps), nb));
 }
 
@@ -255,7 +255,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     /* pixel-major: consecutive chunks are one pixel range, all groups (see dw_run) */
     const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), g = r / ns, ni = r % ns;
     const int P = op->H * op->W, nvec = CDIV(P, VW), K = op->K, N = op->N;
-    const int v0 = (int)((int64_t)nvec * pi / ps), v1 = (int)((int64_t)nvec * (pi + 1) / ps);
+    const int ntiles = CDIV(nvec, PW_NV_DEFAULT);
+    const int v0 = (int)((int64_t)ntiles * pi / ps) * PW_NV_DEFAULT;
+    const int v1 = MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
     const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
     if (v0 >= v1 || b0 >= b1) return;
     const float *a = slot[op->src];
