@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +27,22 @@ __all__ = [
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically and close it."""
+    """Write ``fig`` as PNG to ``path`` atomically and close it.
+
+    The image is stored with a 256-colour palette (heat maps of noisy matrices are several times smaller
+    that way, and figures stay small enough to keep in a repository).
+    """
+    from PIL import Image
+
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        pal = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    with atomic_path(path) as tmp:
+        pal.save(tmp, format="PNG", optimize=True)
     return path
 
 

@@ -117,7 +117,7 @@ def run_groups(opts: ReproduceOptions) -> dict:
                 fmt_int(p.get("params")),
                 f"{res['macs'] / 1e6:.1f}",
                 f"{p['macs'] / 1e6:.1f}" if p else "-",
-                f"{res['cpu_ms']['median_ms']:.2f}",
+                f"{res['cpu_ms']['median_ms']:.2f} / {res['cpu_ms']['min_ms']:.2f}",
                 f"{p['cpu_ms']:.1f}" if p else "-",
             ]
         )
@@ -130,7 +130,7 @@ def run_groups(opts: ReproduceOptions) -> dict:
             "params (published)",
             "MMACs (ours)",
             "MMACs (published)",
-            "CPU ms (ours)",
+            "CPU ms, median / min (ours)",
             "CPU ms (published)",
         ],
         rows,
@@ -139,8 +139,14 @@ def run_groups(opts: ReproduceOptions) -> dict:
     md.p(
         f"Our accuracies: {len(train_ds)} training images, {opts.epochs} epoch(s); published: full "
         "CIFAR-10, full schedule. Published multiply-adds include one per bias (1,418). CPU latency: median of "
-        "30 interleaved runs, batch 1, one thread, on a shared machine (the published column is another machine "
-        "and batch)."
+        "30 interleaved runs (and the fastest), batch 1, one thread, on a shared machine (the published column is "
+        "another machine and batch)."
+    )
+    accs = [100 * results[r]["test_top1"] for r in roots]
+    md.p(
+        f"At this budget the accuracies span {max(accs) - min(accs):.1f} points ({min(accs):.1f}-{max(accs):.1f}%); "
+        f"root-{roots[-1]} has {results[roots[-1]]['params'] / results[roots[0]]['params']:.0%} of the parameters "
+        f"and {results[roots[-1]]['macs'] / results[roots[0]]['macs']:.0%} of the multiply-adds of root-{roots[0]}."
     )
     md.h2("Inter-layer correlation, conv2c vs conv3a")
     md.figure(
@@ -158,6 +164,16 @@ def run_groups(opts: ReproduceOptions) -> dict:
         "count. A model's own structure is the column g = N/2; the root-1 row is the dense baseline at the same "
         "block size. The score (share - chance)/(1 - chance) is in results.json."
     )
+    own = [(r, r // 2) for r in roots if r // 2 in block_sizes]
+    if own and 1 in roots:
+        md.p(
+            "At its own block count: "
+            + "; ".join(
+                f"root-{r} {shares[r][g]:.3f} vs root-1 {shares[1][g]:.3f} ({g} blocks, chance {1 / g:.3f})"
+                for r, g in own
+            )
+            + "."
+        )
     md.h2("Accuracy")
     md.figure(
         fig_acc.name,
