@@ -134,6 +134,15 @@ def test_every_instruction_set(lib):
         _check(NativeModule(m, isa=isa, num_threads=2), m, torch.randn(2, 3, 45, 61))
 
 
+def test_parallel_run_counters(lib):
+    before = lib.stats()
+    unit = _unit(3, 1)
+    _check(NativeModule(unit, num_threads=2), unit, torch.randn(1, unit.in_channels, 12, 12))
+    after = lib.stats()
+    assert after["parallel_runs"] >= before["parallel_runs"] + 1
+    assert 0 <= after["serial_fallbacks"] <= after["parallel_runs"]
+
+
 def test_unknown_or_missing_isa_rejected(lib):
     with pytest.raises(ValueError, match="isa"):
         NativeModule(_unit(2, 1), isa="sse9")

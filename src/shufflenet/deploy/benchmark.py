@@ -52,6 +52,7 @@ class BackendResult:
     min_ms: float | None = None
     images_per_s: float | None = None
     gflops: float | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -242,6 +243,7 @@ def run_benchmark(
         per_round += gap * len(names)
         rounds = int(max(min_rounds, min(max_rounds, time_budget / max(per_round, 1e-6))))
     say(f"  timing {len(names)} backends x {rounds} interleaved rounds")
+    native_stats = _native_stats() if "native" in names else None
     for r in range(rounds):
         k = r % max(1, len(names))
         for b in names[k:] + names[:k]:
@@ -251,6 +253,15 @@ def run_benchmark(
             t0 = time.perf_counter()
             mods[b](inp)
             results[b].times_ms.append((time.perf_counter() - t0) * 1e3)
+    if native_stats is not None:
+        after = _native_stats()
+        runs = after["parallel_runs"] - native_stats["parallel_runs"]
+        serial = after["serial_fallbacks"] - native_stats["serial_fallbacks"]
+        if runs > 0 and serial > 0:
+            results["native"].note = (
+                f"{serial} of {runs} timed calls ran on one thread: waiting for the second thread had "
+                "stalled (contention fallback, see shufflenet.deploy.native)"
+            )
     for b in names:
         res = results[b]
         ts = res.times_ms
@@ -263,6 +274,12 @@ def run_benchmark(
     ratios = {a: {b: results[a].median_ms / results[b].median_ms for b in names} for a in names}
     system["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchResult(name, batch, threads, input_size, macs, rounds, results, ratios, system)
+
+
+def _native_stats() -> dict[str, int]:
+    from .native import get_library
+
+    return get_library().stats()
 
 
 def format_table(res: BenchResult) -> str:
@@ -288,6 +305,9 @@ def format_table(res: BenchResult) -> str:
         lines.append(" " * 12 + "".join(f"{n:>12}" for n in names))
         for a in names:
             lines.append(f"{a:<12}" + "".join(f"{res.ratios[a][b]:>12.2f}" for b in names))
+    for b, r in res.backends.items():
+        if r.note:
+            lines.append(f"note ({b}): {r.note}")
     fast = res.fastest()
     if fast:
         lines.append(f"fastest: {fast}")

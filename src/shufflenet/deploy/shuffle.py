@@ -150,6 +150,7 @@ def measure_shuffle_bandwidth(
     groups: int = 3,
     rounds: int = 30,
     threads: int | None = None,
+    gap: float = 0.005,
 ) -> dict:
     """Time ``clone()`` against the shuffles on a channels-last float32 tensor of ``shape``.
 
@@ -157,7 +158,8 @@ def measure_shuffle_bandwidth(
     the native shuffle and PyTorch's :func:`shufflenet.channel_shuffle` (all three allocate their result), and
     ``out.copy_(x)`` against the native shuffle into a preallocated ``out`` (no allocation, so no page faults:
     the pure bandwidth comparison). Bandwidth counts bytes read plus written, ``2 * numel * 4``, per second of
-    the median (and of the fastest) round.
+    the median (and of the fastest) round. Each timed call follows a ``gap``-second sleep, so that the thread
+    pool of one variant (PyTorch's OpenMP threads spin after a parallel copy) does not slow the next.
 
     Returns:
         dict with ``shape, groups, threads, bytes``, ``gbps`` / ``gbps_best`` per variant (``clone``,
@@ -188,6 +190,8 @@ def measure_shuffle_bandwidth(
     order = list(fns)
     for r in range(rounds):
         for k in order[r % len(order) :] + order[: r % len(order)]:
+            if gap > 0:
+                time.sleep(gap)
             times[k] += _time(fns[k], 1)
     gbps = {k: nbytes / statistics.median(v) / 1e9 for k, v in times.items()}
     best = {k: nbytes / min(v) / 1e9 for k, v in times.items()}

@@ -2,6 +2,28 @@
 
 :class:`NativeModule` runs a lowered model; :func:`is_available` says whether a compiler (or a cached build) is
 there; :class:`NativeUnavailable` carries the reason when not.
+
+Design, for ShuffleNet v1 (and MobileNet v1, and Sequential stacks of the same layers):
+
+- Layout. Activations are planar (one plane of H*W floats per channel) and SIMD vectors run along pixels.
+  ShuffleNet's per-group widths (10, 20, 40, 80, ... channels) are rarely multiples of 16, so vectors along
+  channels (NHWC) would leave up to 40% of the lanes of the first 1x1 group conv empty; along pixels they are
+  full (a plane's leftover pixels, 49 = 3 * 16 + 1 at 7x7, are done channel-wise). The user-facing tensors are
+  NCHW or channels-last; the engine converts at its edges.
+- 1x1 group conv = a GEMM per group over input planes listed in an index array. The channel shuffle is that
+  index array of the second 1x1 conv (it commutes with the depthwise conv, whose weights are permuted), so it
+  costs nothing; the stride-2 unit's concatenation is writing planes at a channel offset. Batch norm is folded,
+  ReLU and the residual add happen in the GEMM's epilogue, the 3x3/2 max pool in the stem's.
+- Kernels: register tiles of 8 output channels x 3 pixel vectors (AVX-512), weights repacked per tile; 3x3
+  depthwise on zero-haloed planes with unaligned loads; dense 3x3 stem; pooling; GAP; FC. One source is
+  compiled for AVX-512, AVX2+FMA and portable C; the CPU picks at run time.
+- Threads: own pool (pthreads). One image at a time: each op is cut into chunks, each thread owns the same
+  region of the image in every op (cache locality) and takes what is left of the others' when done; an op
+  starts when the previous one finished. Batch >= threads: one image per thread, no synchronisation. Waits spin
+  briefly, then sleep (futex). If the caller spent over a fifth of a call asleep waiting for other threads (a
+  machine whose cores are taken by other processes), the next calls run on one thread, with an exponential
+  backoff before trying again (``SHUFFLENET_NATIVE_ADAPTIVE=0`` disables this; ``get_library().stats()``
+  counts it).
 """
 
 from ._lib import get_library, is_available

@@ -220,7 +220,8 @@ class NativeModule(nn.Module):
         model: a module the engine can lower (see :mod:`.lower`); it is read, never modified.
         isa: ``"avx512"``, ``"avx2"`` or ``"generic"`` to force an instruction set (default: the best this CPU
             runs, or ``$SHUFFLENET_NATIVE_ISA``).
-        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time).
+        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time); see the package
+            docstring for the fallback to one thread under contention.
 
     Input ``(N, C, H, W)`` float32 on the CPU in any memory format; output as the model's (logits ``(N, K)``
     or an NCHW feature map).
