@@ -247,21 +247,28 @@ def _report(args, results, shuffle, backends, sys0, sys1, seconds) -> str:
             "",
             "## Channel shuffle, channels-last 32x240x28x28 float32, g=3",
             "",
+            "Bandwidth = bytes read + written per second, median round (fastest round in brackets). "
+            "`clone()`, the native and PyTorch's shuffle allocate their result; `copy_` and "
+            "`native into buffer` write into a preallocated one.",
+            "",
             "| threads | clone() GB/s | native shuffle GB/s | torch shuffle GB/s | native / clone | "
             "copy_ into buffer GB/s | native into buffer GB/s | native / copy_ |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for s in shuffle:
-            g = s["gbps"]
+            g, gb = s["gbps"], s["gbps_best"]
 
-            def f(k: str, g=g) -> str:
-                return f"{g[k]:.1f}" if k in g else "-"
+            def f(k: str, g=g, gb=gb) -> str:
+                return f"{g[k]:.1f} ({gb[k]:.1f})" if k in g else "-"
 
-            r1 = f"{s['native_vs_clone']:.2f}" if s["native_vs_clone"] else "-"
-            r2 = f"{s['native_out_vs_copy']:.2f}" if s["native_out_vs_copy"] else "-"
+            def q(a: str, b: str, g=g, gb=gb) -> str:
+                if a not in g or b not in g:
+                    return "-"
+                return f"{g[a] / g[b]:.2f} ({gb[a] / gb[b]:.2f})"
+
             lines.append(
-                f"| {s['threads']} | {f('clone')} | {f('native')} | {f('torch')} | {r1} | {f('copy_')} | "
-                f"{f('native_out')} | {r2} |"
+                f"| {s['threads']} | {f('clone')} | {f('native')} | {f('torch')} | {q('native', 'clone')} | "
+                f"{f('copy_')} | {f('native_out')} | {q('native_out', 'copy_')} |"
             )
     lines += ["", "## Targets", ""] + _targets(results, speedups, shuffle)
     return "\n".join(lines)
@@ -311,10 +318,13 @@ def _targets(results: list[BenchResult], speedups: dict, shuffle: list[dict]) ->
             a, b = s["native_vs_clone"], s["native_out_vs_copy"]
             if a is None:
                 continue
+            gb = s["gbps_best"]
+            a2, b2 = gb["native"] / gb["clone"], gb["native_out"] / gb["copy_"]
             parts.append(
-                f"{s['threads']} thr: {a:.2f} of clone(), {b:.2f} of copy_() into a buffer"
+                f"{s['threads']} thr: {a:.2f} of clone(), {b:.2f} of copy_() into a buffer "
+                f"(fastest rounds: {a2:.2f}, {b2:.2f})"
             )
-            ok.append(min(a, b) >= 0.8)
+            ok.append(min(a, b, a2, b2) >= 0.8)
         out.append(
             f"- channel shuffle >= 80% of clone() bandwidth: {'; '.join(parts) or 'no native kernel'}: "
             f"{verdict(all(ok) if ok else None)}"
