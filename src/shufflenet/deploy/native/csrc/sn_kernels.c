@@ -838,11 +838,20 @@ SN_INLINE void shuf_pixel(const int G, const shuf_tab *tb, const float *ip, floa
     }
 }
 
-#define SHUF_CASE(G)                                                                              \
-    case G:                                                                                       \
-        if (nt)                                                                                   \
-            for (int64_t p = p0; p < p1; p++) shuf_pixel(G, &tb, in + p * C, out + p * C, n, 1); \
-        else                                                                                      \
+/* big tensors (nt): also prefetch the input 8 pixels ahead, which the hardware prefetcher does not (as memcpy) */
+static inline void shuf_prefetch(const float *row, int C)
+{
+    for (int b = 0; b < C * (int)sizeof(float); b += 64) __builtin_prefetch((const char *)row + b, 0, 0);
+}
+
+#define SHUF_CASE(G)                                                           \
+    case G:                                                                    \
+        if (nt)                                                                \
+            for (int64_t p = p0; p < p1; p++) {                                \
+                if (p + 8 < p1) shuf_prefetch(in + (p + 8) * C, C);            \
+                shuf_pixel(G, &tb, in + p * C, out + p * C, n, 1);             \
+            }                                                                  \
+        else                                                                   \
             for (int64_t p = p0; p < p1; p++) shuf_pixel(G, &tb, in + p * C, out + p * C, n, 0); \
         break;
 
