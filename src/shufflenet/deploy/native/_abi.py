@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 OP_PACK, OP_CONV, OP_PW, OP_DW, OP_POOL, OP_GAP, OP_FC = 1, 2, 3, 4, 5, 6, 7
 ACT_NONE, ACT_RELU = 0, 1
@@ -56,4 +56,8 @@ class SnPlan(ctypes.Structure):
         ("slot_cs", ctypes.POINTER(ctypes.c_int64)),
         ("slot_img", ctypes.POINTER(ctypes.c_int64)),
         ("ws", ctypes.POINTER(ctypes.c_void_p)),
+        ("hist", (ctypes.c_double * 8) * 2),
+        ("nhist", ctypes.c_int32 * 2),
+        ("tick", _i32),
+        ("reserved2", _i32),
     ]

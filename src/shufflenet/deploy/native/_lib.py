@@ -32,7 +32,7 @@ class NativeLibrary:
 
     def stats(self) -> dict[str, int]:
         """``{"parallel_runs": calls with one image at a time and threads > 1, "serial_fallbacks": how many
-        of them ran on one thread because waiting for the other threads had stalled (a busy machine)}``."""
+        of them ran on one thread (measured faster for that model and shape: a busy machine, or probes)}``."""
         out = (ctypes.c_long * 2)()
         self.cdll.sn_stats(out)
         return {"parallel_runs": int(out[0]), "serial_fallbacks": int(out[1])}

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define SN_ABI_VERSION 2
+#define SN_ABI_VERSION 3
 
 #define SN_API __attribute__((visibility("default")))
 
@@ -57,6 +57,10 @@ typedef struct sn_plan {
     const int64_t *slot_cs;           /* [nslots] plane stride (floats) */
     const int64_t *slot_img;          /* [nslots] image stride (floats), used for slots 0 and 1 */
     float *const *ws;                 /* [nsets][nslots] channel-0 data pointers of workspace slots */
+    /* written by sn_run (mode 0, threads > 1): recent wall times with all threads (0) and with one (1) */
+    double hist[2][8];
+    int32_t nhist[2];
+    int32_t tick, reserved2;
 } sn_plan;
 
 #endif

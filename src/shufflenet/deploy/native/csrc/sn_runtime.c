@@ -143,7 +143,6 @@ static void signal_add(atomic_int *counter, int d)
 /* Spin budget of this thread, adapted: halved each time spinning did not suffice (the thread we wait for was
  * not running: a busy machine, where spinning only takes CPU from it), grown back when it did. */
 static _Thread_local double t_spin = -1.0;
-static _Thread_local double t_slept = 0.0; /* seconds this thread slept in wait_for (stall accounting) */
 
 /* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
 static void wait_for(atomic_int *counter, int target, int ge)
@@ -164,7 +163,6 @@ static void wait_for(atomic_int *counter, int target, int ge)
         if ((i & 63) == 0 && mono_now() - t0 > t_spin) break;
     }
     t_spin = t_spin * 0.5 > 1e-6 ? t_spin * 0.5 : 1e-6;
-    const double ts = mono_now();
     atomic_fetch_add(&g_waiters, 1);
     for (;;) {
         v = atomic_load(counter);
@@ -172,31 +170,40 @@ static void wait_for(atomic_int *counter, int target, int ge)
         futex_wait(counter, v);
     }
     atomic_fetch_sub(&g_waiters, 1);
-    t_slept += mono_now() - ts;
 #undef SN_DONE
 }
 
 static void wait_at_least(atomic_int *counter, int target) { wait_for(counter, target, 1); }
 
 /* ------------------------------------------------------------------------------------------ pool ------- */
+/* Jobs go through a ring of SN_JOB_SLOTS slots, so that the caller never waits for a worker to *leave* a job: a
+ * worker that the OS ran late may still be walking through an old, finished job (touching nothing but that
+ * job's own counters) while the caller has returned and started the next ones. A slot is reused, and its old
+ * job freed, only once no worker is inside it. */
 #define CLOSED 1u
+#define SN_JOB_SLOTS 4
 typedef void (*job_fn)(void *arg, int tid);
+
+typedef struct {
+    atomic_int active;    /* workers inside this slot's job */
+    job_fn fn;
+    void *arg;
+    void (*dtor)(void *); /* frees arg when the slot is reused */
+    int want;             /* participants including the caller */
+} job_slot;
 
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int nworkers;
     pthread_t th[256];
-    atomic_uint cur;      /* (sequence << 1) | CLOSED */
-    atomic_int active;    /* workers inside a job */
+    atomic_uint cur;      /* (sequence << 1) | CLOSED; the job is in slot[sequence % SN_JOB_SLOTS] */
     atomic_int sleepers;
-    job_fn fn;
-    void *arg;
-    int want;             /* participants including the caller */
     unsigned seq;
+    job_slot slot[SN_JOB_SLOTS];
 } sn_pool;
 
-static sn_pool g_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, {0}, CLOSED, 0, 0, 0, 0, 0, 0};
+static sn_pool g_pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .cur = CLOSED};
 static pthread_mutex_t g_run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
 
 static void *worker_main(void *p)
@@ -227,22 +234,28 @@ static void *worker_main(void *p)
             pthread_mutex_unlock(&pl->mu);
         }
         last = c;
-        atomic_fetch_add(&pl->active, 1);
-        if (atomic_load(&pl->cur) == c && tid < pl->want) pl->fn(pl->arg, tid);
-        signal_add(&pl->active, -1);
+        job_slot *js = &pl->slot[(c >> 1) % SN_JOB_SLOTS];
+        atomic_fetch_add(&js->active, 1);
+        /* still the published job (not closed, slot not reused)? then its fields are stable */
+        if (atomic_load(&pl->cur) == c && tid < js->want) js->fn(js->arg, tid);
+        signal_add(&js->active, -1);
     }
     return NULL;
 }
 
 static void pool_reset_after_fork(void)
 {
-    /* threads do not survive fork(): the child starts with an empty pool */
+    /* threads do not survive fork(): the child starts with an empty pool (old jobs leak, harmlessly) */
     g_pool.nworkers = 0;
     pthread_mutex_init(&g_pool.mu, NULL);
     pthread_cond_init(&g_pool.cv, NULL);
     atomic_store(&g_pool.cur, CLOSED);
-    atomic_store(&g_pool.active, 0);
     atomic_store(&g_pool.sleepers, 0);
+    for (int i = 0; i < SN_JOB_SLOTS; i++) {
+        atomic_store(&g_pool.slot[i].active, 0);
+        g_pool.slot[i].arg = NULL;
+        g_pool.slot[i].dtor = NULL;
+    }
     atomic_store(&g_waiters, 0);
     pthread_mutex_init(&g_run_mu, NULL);
 }
@@ -270,9 +283,12 @@ static int pool_ensure(int nworkers)
     return g_pool.nworkers;
 }
 
-/* Run fn(arg, tid) on the caller (tid 0) and up to T - 1 workers; returns when all have left fn. fn must
- * finish the whole job even if only the caller runs it (workers join whenever the OS runs them). */
-static void pool_run(job_fn fn, void *arg, int T)
+/* Run fn(arg, tid) on the caller (tid 0) and up to T - 1 workers. fn must finish the whole job even if only
+ * the caller runs it (workers join whenever the OS runs them) and must let the caller know when all work is
+ * done (the caller waits for that itself). Returns when the caller's fn returns. Returns 1 if the pool took
+ * arg (then dtor(arg) runs later, when no worker can be inside the job any more), 0 if the caller keeps it
+ * (no workers were involved). Callers hold g_run_mu. */
+static int pool_run(job_fn fn, void *arg, int T, void (*dtor)(void *))
 {
     sn_pool *pl = &g_pool;
     if (T > 1) {
@@ -281,11 +297,15 @@ static void pool_run(job_fn fn, void *arg, int T)
     }
     if (T <= 1) {
         fn(arg, 0);
-        return;
+        return 0;
     }
-    pl->fn = fn;
-    pl->arg = arg;
-    pl->want = T;
+    job_slot *js = &pl->slot[(pl->seq + 1) % SN_JOB_SLOTS];
+    wait_for(&js->active, 0, 0); /* a worker SN_JOB_SLOTS jobs late: rare */
+    if (js->dtor && js->arg) js->dtor(js->arg);
+    js->fn = fn;
+    js->arg = arg;
+    js->dtor = dtor;
+    js->want = T;
     pl->seq++;
     atomic_store(&pl->cur, pl->seq << 1);
     if (atomic_load(&pl->sleepers) > 0) {
@@ -295,7 +315,7 @@ static void pool_run(job_fn fn, void *arg, int T)
     }
     fn(arg, 0);
     atomic_store(&pl->cur, (pl->seq << 1) | CLOSED);
-    wait_for(&pl->active, 0, 0);
+    return 1;
 }
 
 /* ------------------------------------------------------------------------------------- executor ------- */
@@ -305,10 +325,10 @@ static void pool_run(job_fn fn, void *arg, int T)
 #define SN_PAD_R 8
 
 typedef struct {
-    const sn_plan *plan;
+    const sn_plan *plan;      /* only read while the job runs (a late worker may see it finished: see pool) */
     const sn_vtab *vt;
     float *x, *y;
-    int T;
+    int T, nops, batch;       /* copies: what a late worker reads */
     int nch[SN_MAX_OPS];      /* chunks per op (mode 0) */
     atomic_int *done;         /* finished chunks of op q at done[q * SN_PAD_I] (mode 0) */
     _Atomic uint64_t *range;  /* unclaimed chunks of thread t in op q at range[(q * T + t) * SN_PAD_R]: hi << 32 | lo */
@@ -343,11 +363,10 @@ static void resolve(const sn_job *j, int img, int set, float **slot)
 static void job_intra(void *arg, int tid)
 {
     sn_job *j = (sn_job *)arg;
-    const sn_plan *p = j->plan;
-    const int nops = p->nops, T = j->T;
+    const int nops = j->nops, T = j->T;
     float *slot[SN_MAX_SLOTS];
-    for (int img = 0; img < p->batch; img++) {
-        resolve(j, img, 0, slot);
+    for (int img = 0; img < j->batch; img++) {
+        int resolved = 0; /* the plan is touched only after claiming work, i.e. while the job runs */
         for (int op = 0; op < nops; op++) {
             const int q = img * nops + op;
             if (q > 0) wait_at_least(&j->done[(q - 1) * SN_PAD_I], j->nch[op > 0 ? op - 1 : nops - 1]);
@@ -356,7 +375,11 @@ static void job_intra(void *arg, int tid)
                 const int v = (tid + k) % T;
                 int c;
                 while ((c = range_pop(&r[v * SN_PAD_R], k != 0)) >= 0) {
-                    j->vt->run(&p->ops[op], slot, p->slot_cs, c, T);
+                    if (!resolved) {
+                        resolve(j, img, 0, slot);
+                        resolved = 1;
+                    }
+                    j->vt->run(&j->plan->ops[op], slot, j->plan->slot_cs, c, T);
                     signal_add(&j->done[q * SN_PAD_I], 1);
                 }
             }
@@ -364,14 +387,22 @@ static void job_intra(void *arg, int tid)
     }
 }
 
+static void job_free(void *arg)
+{
+    sn_job *j = (sn_job *)arg;
+    free((void *)j->range);
+    free((void *)j->done);
+    free(j);
+}
+
 static void job_batch(void *arg, int tid)
 {
     sn_job *j = (sn_job *)arg;
-    const sn_plan *p = j->plan;
     float *slot[SN_MAX_SLOTS];
     for (;;) {
         const int img = atomic_fetch_add(&j->imgs_next, 1);
-        if (img >= p->batch) break;
+        if (img >= j->batch) break;
+        const sn_plan *p = j->plan;
         resolve(j, img, tid, slot);
         for (int op = 0; op < p->nops; op++) {
             const int n = j->vt->nchunks(&p->ops[op], 1);
@@ -381,15 +412,47 @@ static void job_batch(void *arg, int tid)
     }
 }
 
-/* Contention fallback (mode 0 only, where threads hand work to each other op by op). On a machine where other
- * processes take the cores, the thread an op waits for is often not running, and waiting for it costs more
- * than a second thread gains. When the caller slept for over a fifth of a run waiting for other threads, the
- * next g_backoff runs use one thread (backoff doubling up to 256 while it persists), then two threads are
- * tried again. SHUFFLENET_NATIVE_ADAPTIVE=0 disables it. Guarded by g_run_mu. */
-static int g_adaptive = -1, g_skip = 0, g_backoff = 8;
+/* Thread count under contention (mode 0 only, where threads hand work to each other op by op). On a machine
+ * whose cores are taken by other processes, the thread an op waits for is often not running, and one image
+ * can then be faster on one thread. Each plan keeps the wall times of its last 8 runs with all threads and
+ * with one; after 3 of each it runs the mode with the lower median, and every 16th run the other one, to
+ * follow changes of load. On an idle machine that is the parallel mode (the serial probes cost 1/16 of the
+ * runs). SHUFFLENET_NATIVE_ADAPTIVE=0 always uses all threads. Guarded by g_run_mu. */
+static int g_adaptive = -1;
 static long g_runs = 0, g_serial_runs = 0;
 
-/* Counters since load: [runs in mode 0 with T > 1 requested, of which run on one thread for contention]. */
+static double median8(const double *h, int n)
+{
+    double a[8];
+    if (n > 8) n = 8;
+    memcpy(a, h, sizeof(double) * (size_t)n);
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && a[k - 1] > a[k]; k--) {
+            const double t = a[k];
+            a[k] = a[k - 1];
+            a[k - 1] = t;
+        }
+    return n % 2 ? a[n / 2] : 0.5 * (a[n / 2 - 1] + a[n / 2]);
+}
+
+/* 0: run with all threads, 1: with one */
+static int choose_mode(sn_plan *p)
+{
+    const int np = p->nhist[0], ns = p->nhist[1];
+    if (np < 3) return 0;
+    if (ns < 3) return 1;
+    const int best = median8(p->hist[1], ns) < median8(p->hist[0], np) ? 1 : 0;
+    return (++p->tick % 16 == 0) ? 1 - best : best;
+}
+
+static void record_time(sn_plan *p, int mode, double seconds)
+{
+    p->hist[mode][p->nhist[mode] % 8] = seconds;
+    p->nhist[mode]++;
+    if (p->nhist[mode] >= 1 << 30) p->nhist[mode] = 8 + p->nhist[mode] % 8;
+}
+
+/* Counters since load: [runs in mode 0 with T > 1 requested, of which run on one thread (see above)]. */
 SN_API void sn_stats(long *out)
 {
     pthread_mutex_lock(&g_run_mu);
@@ -400,7 +463,7 @@ SN_API void sn_stats(long *out)
 
 /* Run a bound plan on x (slot 0) into y (slot 1) with T threads and instruction set isa.
  * Returns 0, or a negative error code. */
-SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
+SN_API int sn_run(sn_plan *plan, int isa, int T, float *x, float *y)
 {
     if (!plan || plan->nops <= 0 || plan->nops > SN_MAX_OPS || plan->nslots > SN_MAX_SLOTS) return -1;
     if (plan->nslots < 2 || plan->batch <= 0) return -2;
@@ -411,29 +474,32 @@ SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
     j->vt = vtab_for(isa);
     j->x = x;
     j->y = y;
-    int rc = 0;
+    j->nops = plan->nops;
+    j->batch = plan->batch;
+    int rc = 0, owned = 0;
     pthread_mutex_lock(&g_run_mu);
     if (plan->mode == 1) {
         if (T > plan->nsets) T = plan->nsets;
         if (T > plan->batch) T = plan->batch;
         j->T = T;
-        pool_run(job_batch, j, T);
+        owned = pool_run(job_batch, j, T, job_free);
         wait_at_least(&j->imgs_done, plan->batch);
     } else {
         if (g_adaptive < 0) {
             const char *e = getenv("SHUFFLENET_NATIVE_ADAPTIVE");
             g_adaptive = !(e && e[0] == '0');
         }
+        int mode = -1;
         if (T > 1) {
             g_runs++;
-            if (g_adaptive && g_skip > 0) {
-                g_skip--;
-                g_serial_runs++;
-                T = 1;
+            if (g_adaptive) {
+                mode = choose_mode(plan);
+                if (mode == 1) {
+                    g_serial_runs++;
+                    T = 1;
+                }
             }
         }
-        const int probe = T > 1;
-        t_slept = 0.0;
         const double t0 = mono_now();
         j->T = T;
         for (int o = 0; o < plan->nops; o++) j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
@@ -449,23 +515,13 @@ SN_API int sn_run(const sn_plan *plan, int isa, int T, float *x, float *y)
                 for (int t = 0; t < T; t++)
                     atomic_init(&j->range[(q * T + t) * SN_PAD_R], (n * (t + 1) / T) << 32 | (n * t / T));
             }
-            pool_run(job_intra, j, T);
+            owned = pool_run(job_intra, j, T, job_free);
             wait_at_least(&j->done[(nq - 1) * SN_PAD_I], j->nch[plan->nops - 1]);
-            if (probe && g_adaptive) {
-                const double stall = t_slept / (mono_now() - t0 + 1e-9);
-                if (stall > 0.2) {
-                    g_skip = g_backoff;
-                    g_backoff = g_backoff < 256 ? 2 * g_backoff : 256;
-                } else if (stall < 0.05) {
-                    g_backoff = 8;
-                }
-            }
+            if (mode >= 0) record_time(plan, mode, mono_now() - t0);
         }
-        free((void *)j->range);
-        free((void *)j->done);
     }
+    if (!owned) job_free(j);
     pthread_mutex_unlock(&g_run_mu);
-    free(j);
     return rc;
 }
 
@@ -497,24 +553,25 @@ SN_API int sn_channel_shuffle(const float *in, float *out, int64_t P, int C, int
 {
     if (!in || !out || P < 0 || C <= 0 || g <= 0 || C % g) return -1;
     if (P == 0) return 0;
-    shuf_job j;
-    memset(&j, 0, sizeof j);
-    j.vt = vtab_for(isa);
-    j.in = in;
-    j.out = out;
-    j.P = P;
-    j.C = C;
-    j.g = g;
+    shuf_job *j = (shuf_job *)calloc(1, sizeof(shuf_job));
+    if (!j) return -3;
+    j->vt = vtab_for(isa);
+    j->in = in;
+    j->out = out;
+    j->P = P;
+    j->C = C;
+    j->g = g;
     const double bytes = (double)P * C * 4.0;
-    j.stream = bytes > 16.0 * 1024 * 1024; /* larger than the caches: streaming stores */
+    j->stream = bytes > 16.0 * 1024 * 1024; /* larger than the caches: streaming stores */
     int n = (int)(bytes / (256.0 * 1024.0));
     if (T <= 1 || n < 2) n = 1, T = 1;
     if (n > 8 * T) n = 8 * T;
     if (n > P) n = (int)P;
-    j.nchunks = n;
+    j->nchunks = n;
     pthread_mutex_lock(&g_run_mu);
-    pool_run(job_shuffle, &j, T);
-    wait_at_least(&j.done, n);
+    const int owned = pool_run(job_shuffle, j, T, free);
+    wait_at_least(&j->done, n);
+    if (!owned) free(j);
     pthread_mutex_unlock(&g_run_mu);
     return 0;
 }
