@@ -27,6 +27,7 @@ __all__ = [
     "JPEG_CIFAR_NOTE",
     "data_line",
     "maybe_save",
+    "binomial_se_points",
 ]
 
 # Per budget: training images, test images, epochs, images for the correlation panels.
@@ -201,3 +202,9 @@ def maybe_save(
         class_names=list(classes),
         extra={"reproduce": opts.to_dict()},
     )
+
+
+def binomial_se_points(accuracy: float, n: int) -> float:
+    """Standard error, in percentage points, of an accuracy measured on ``n`` independent test images:
+    ``100 * sqrt(p (1 - p) / n)``. One seed's run-to-run spread is of the same order or larger."""
+    return 100.0 * (accuracy * (1.0 - accuracy) / max(1, n)) ** 0.5

@@ -23,6 +23,7 @@ from ..plots import plot_bars, plot_correlation_panels
 from .common import (
     Markdown,
     ReproduceOptions,
+    binomial_se_points,
     data_line,
     fmt_int,
     load_splits,
@@ -146,7 +147,9 @@ def run_groups(opts: ReproduceOptions) -> dict:
     md.p(
         f"At this budget the accuracies span {max(accs) - min(accs):.1f} points ({min(accs):.1f}-{max(accs):.1f}%); "
         f"root-{roots[-1]} has {results[roots[-1]]['params'] / results[roots[0]]['params']:.0%} of the parameters "
-        f"and {results[roots[-1]]['macs'] / results[roots[0]]['macs']:.0%} of the multiply-adds of root-{roots[0]}."
+        f"and {results[roots[-1]]['macs'] / results[roots[0]]['macs']:.0%} of the multiply-adds of root-{roots[0]}. "
+        f"One seed per model; the standard error of each accuracy on {base['test_images']} test images is about "
+        f"{binomial_se_points(base['test_top1'], base['test_images']):.1f} points."
     )
     md.h2("Inter-layer correlation, conv2c vs conv3a")
     md.figure(

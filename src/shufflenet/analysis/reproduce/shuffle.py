@@ -22,6 +22,7 @@ from ..plots import plot_bars, plot_flow_panels
 from .common import (
     Markdown,
     ReproduceOptions,
+    binomial_se_points,
     data_line,
     fmt_int,
     load_splits,
@@ -151,6 +152,13 @@ def run_shuffle(opts: ReproduceOptions) -> dict:
         f"Ours: {getattr(train_ds, 'name', opts.data)} test error (top-1) with the CIFAR stem at {spec.image_size}x{spec.image_size}; paper: ImageNet top-1 error at "
         "224x224. Only the sign and relative size of the gaps are comparable. Shuffle adds no parameters or "
         "multiply-adds, so each pair has identical counts."
+    )
+    first = next(iter(results.values()))
+    se = binomial_se_points(first["test_top1"], first["test_images"])
+    md.p(
+        f"Noise: one seed per model; an error rate on {first['test_images']} test images has a standard error of "
+        f"about {se:.1f} points, so a gap is resolved only when it is several times that (repeat with other "
+        "--seed values to average)."
     )
     md.figure(fig_gap.name, "error gap (no shuffle minus shuffle), ours and published")
     md.h2("Information flow through one stage")
