@@ -27,54 +27,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="dataset directory (e.g. CIFAR-10 python batches) or 'builtin'"
     )
     p.add_argument("--budget", choices=sorted(BUDGETS), default="reduced", help="size of the run")
-    p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: from --budget)"
-    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs; None: from --budget")
     p.add_argument(
         "--subset",
         type=int,
         default=None,
-        help="training images, class-balanced (default: from --budget)",
+        help="training images, class-balanced; None: from --budget",
     )
-    p.add_argument(
-        "--test-subset", type=int, default=None, help="test images (default: from --budget)"
-    )
+    p.add_argument("--test-subset", type=int, default=None, help="test images; None: from --budget")
     p.add_argument(
         "--corr-images",
         type=int,
         default=None,
-        help="groups: test images for the correlation panels",
+        help="groups: test images for the correlation panels; None: from --budget",
     )
     p.add_argument(
-        "--roots", type=int, nargs="+", default=None, help="groups: NIN roots (default 1 2 4 8 16)"
+        "--roots",
+        type=int,
+        nargs="+",
+        default=None,
+        help="groups: NIN roots; None: 1 2 4 8 16 (the paper's 16-group panel is root 32)",
     )
     p.add_argument(
         "--widths",
         type=float,
         nargs="+",
         default=None,
-        help="shuffle: ShuffleNet widths (default 0.25)",
+        help="shuffle: ShuffleNet widths; None: 0.25",
     )
     p.add_argument(
         "--groups",
         type=int,
         nargs="+",
         default=None,
-        help="shuffle: ShuffleNet groups (default 3 8)",
+        help="shuffle: ShuffleNet groups; None: 3 8 (complexity: filter)",
     )
     p.add_argument(
-        "--image-size", type=int, default=None, help="alexnet-groups: input side (default 64)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="alexnet-groups: input side in pixels; None: 64",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate per 64 images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--seed", type=int, default=0, help="seed of the subset, initialisation and augmentation"
     )
     p.add_argument(
-        "--out", default=None, help="output directory (default: runs/reproduce/EXPERIMENT)"
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads; None: torch's choice"
+    )
+    p.add_argument("--out", default=None, help="output directory; None: runs/reproduce/EXPERIMENT")
     p.add_argument(
         "--data-note",
         default="",
