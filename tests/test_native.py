@@ -8,6 +8,7 @@ reason) where no C compiler exists.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 
@@ -141,6 +142,21 @@ def test_parallel_run_counters(lib):
     after = lib.stats()
     assert after["parallel_runs"] >= before["parallel_runs"] + 1
     assert 0 <= after["serial_fallbacks"] <= after["parallel_runs"]
+
+
+def test_requested_threads_are_strict_by_default(lib):
+    # adaptive one-thread runs are opt-in (SHUFFLENET_NATIVE_ADAPTIVE=1, read once per process)
+    if os.environ.get("SHUFFLENET_NATIVE_ADAPTIVE", "") == "1":
+        pytest.skip("adaptive mode switched on in this environment")
+    unit = _unit(3, 1)
+    native = NativeModule(unit, num_threads=2)
+    x = torch.randn(1, unit.in_channels, 12, 12)
+    before = lib.stats()
+    for _ in range(40):  # adaptive mode would probe one thread after 3 runs and every 16th run
+        native(x)
+    after = lib.stats()
+    assert after["parallel_runs"] - before["parallel_runs"] >= 40
+    assert after["serial_fallbacks"] == before["serial_fallbacks"]
 
 
 def test_unknown_or_missing_isa_rejected(lib):

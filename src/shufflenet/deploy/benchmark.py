@@ -260,7 +260,8 @@ def run_benchmark(
         if runs > 0 and serial > 0:
             results["native"].note = (
                 f"{serial} of {runs} timed calls ran on one thread, measured faster for this model on this "
-                "machine now (probes, or a busy machine; see shufflenet.deploy.native)"
+                "machine now (SHUFFLENET_NATIVE_ADAPTIVE=1: probes, or a busy machine; see "
+                "shufflenet.deploy.native)"
             )
     for b in names:
         res = results[b]

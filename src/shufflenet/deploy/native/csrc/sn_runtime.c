@@ -417,7 +417,8 @@ static void job_batch(void *arg, int tid)
  * can then be faster on one thread. Each plan keeps the wall times of its last 8 runs with all threads and
  * with one; after 3 of each it runs the mode with the lower median, and every 16th run the other one, to
  * follow changes of load. On an idle machine that is the parallel mode (the serial probes cost 1/16 of the
- * runs). SHUFFLENET_NATIVE_ADAPTIVE=0 always uses all threads. Guarded by g_run_mu. */
+ * runs). Opt-in: only with SHUFFLENET_NATIVE_ADAPTIVE=1; by default the requested thread count is used as
+ * given. Guarded by g_run_mu. */
 static int g_adaptive = -1;
 static long g_runs = 0, g_serial_runs = 0;
 
@@ -487,7 +488,7 @@ SN_API int sn_run(sn_plan *plan, int isa, int T, float *x, float *y)
     } else {
         if (g_adaptive < 0) {
             const char *e = getenv("SHUFFLENET_NATIVE_ADAPTIVE");
-            g_adaptive = !(e && e[0] == '0');
+            g_adaptive = e != NULL && e[0] == '1';
         }
         int mode = -1;
         if (T > 1) {
