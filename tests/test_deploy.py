@@ -257,6 +257,36 @@ def test_onnx_export_and_runtime(tmp_path):
     assert verify_onnx(m, data, input_size=40) <= 1e-4
 
 
+def test_onnx_export_metadata_output_name_and_strict_exporter():
+    onnx = pytest.importorskip("onnx")
+    from shufflenet.deploy.onnx import export_onnx
+
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    data = export_onnx(
+        m,
+        None,
+        input_size=32,
+        opset=17,
+        exporter="torchscript",
+        fallback=False,
+        metadata={"shufflenet.arch": "shufflenet_v1_g3_x0_25", "k": "v"},
+        output_name="logits",
+    )
+    proto = onnx.load_from_string(data)
+    assert {p.key: p.value for p in proto.metadata_props} == {
+        "shufflenet.arch": "shufflenet_v1_g3_x0_25",
+        "k": "v",
+    }
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.opset_import[0].version == 17
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    with pytest.raises(TypeError, match="must map a str to a str"):
+        export_onnx(m, None, input_size=32, metadata={"k": 1})
+    with pytest.raises(ValueError, match="exporter='jit'"):
+        export_onnx(m, None, input_size=32, exporter="jit")
+
+
 def test_onnx_fixed_pool_model():
     pytest.importorskip("onnxruntime")
     from shufflenet.deploy.onnx import OnnxRuntimeRunner, export_onnx

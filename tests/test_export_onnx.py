@@ -1,4 +1,4 @@
-"""ONNX export: batch norm folding, graph structure (dynamic shapes, no BatchNormalization, shuffles as
+"""ONNX export (:func:`shufflenet.deploy.onnx.export_onnx` and ``shufflenet export``): batch norm folding, graph structure (dynamic shapes, no BatchNormalization, shuffles as
 Reshape-Transpose-Reshape), ONNX Runtime agreement, and checkpoint -> ONNX -> ONNX Runtime end to end."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from torch import nn
 from shufflenet import create_model, save_model
 from shufflenet.cli.export import main as export_main
 from shufflenet.data.spec import InputSpec
-from shufflenet.interop import check_onnx, export_onnx, fold_batchnorm, summarize_onnx
+from shufflenet.deploy.fold import fold_batchnorm
+from shufflenet.deploy.onnx import export_onnx
+from shufflenet.interop import check_onnx, summarize_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -62,7 +64,8 @@ def test_fold_batchnorm_leaves_bn_without_conv():
 
 def test_export_v2_torchscript_exporter(tmp_path):
     model = _randomize_bn(create_model("shufflenet_v2_x0_5", num_classes=10))
-    path = export_onnx(model, tmp_path / "v2.onnx", input_size=64, dynamo=False, opset=17)
+    path = tmp_path / "v2.onnx"
+    export_onnx(model, path, input_size=64, exporter="torchscript", fallback=False, opset=17)
     summary = summarize_onnx(path)
     assert summary.opset == 17
     assert summary.batchnorm_nodes == 0
@@ -149,7 +152,10 @@ def test_static_spatial_size_for_non_global_pooling(tmp_path):
         nn.Linear(16, 5),
     )
     model = _randomize_bn(model)
-    path = export_onnx(model, tmp_path / "s.onnx", input_size=32, dynamic_spatial=False)
+    path = tmp_path / "s.onnx"
+    export_onnx(
+        model, path, input_size=32, dynamic_spatial=False, exporter="dynamo", fallback=False
+    )
     summary = summarize_onnx(path)
     assert summary.input_shape == ["batch", 3, 32, 32]
     assert not summary.dynamic_input and summary.batchnorm_nodes == 0

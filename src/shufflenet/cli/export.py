@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dynamic_spatial = not args.static_size
     try:
-        from ..interop.onnx_export import check_onnx, export_onnx, summarize_onnx
+        from ..deploy.onnx import export_onnx
+        from ..interop.onnx_export import (
+            EXPORT_OUTPUT_NAME,
+            check_onnx,
+            onnx_metadata,
+            summarize_onnx,
+        )
 
         model, info = load_model(args.checkpoint)
         size = args.input_size or info.input_spec.image_size
@@ -71,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             input_size=size,
             in_chans=in_chans,
             opset=args.opset,
-            dynamo=args.dynamo,
-            input_spec=info.input_spec,
+            exporter="dynamo" if args.dynamo else "torchscript",
+            fallback=False,
             dynamic_spatial=dynamic_spatial,
+            metadata=onnx_metadata(model, info.input_spec),
+            output_name=EXPORT_OUTPUT_NAME,
         )
         summary = summarize_onnx(args.onnx)
     except (OSError, ValueError, ImportError, RuntimeError) as e:

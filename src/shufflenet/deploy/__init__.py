@@ -5,12 +5,13 @@
     logits = fast(images)                           # same outputs as model.eval()(images), within 1e-4
 
 See :func:`optimize` for the backends, :mod:`.native` for the compiled engine, :mod:`.onnx` for ONNX export
-and ONNX Runtime, :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-copy speed, and
+(the package's one exporter; :func:`fold_batchnorm` folds a whole model's batch norms for it) and ONNX
+Runtime, :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-copy speed, and
 ``shufflenet bench`` / ``benchmarks/inference.py`` for measurements.
 """
 
 from .api import BACKENDS, DeployedModel, available_backends, optimize
-from .fold import NotSupportedError, fold_conv_bn
+from .fold import NotSupportedError, fold_batchnorm, fold_conv_bn
 from .shuffle import FastChannelShuffle, channel_shuffle_nhwc, measure_shuffle_bandwidth
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "NotSupportedError",
     "available_backends",
     "channel_shuffle_nhwc",
+    "fold_batchnorm",
     "fold_conv_bn",
     "measure_shuffle_bandwidth",
     "optimize",

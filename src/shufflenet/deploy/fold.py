@@ -1,7 +1,8 @@
 """Batch-norm folding and the fixed channel permutations of the shuffle, shared by the deploy backends.
 
 Folding: ``bn(conv(x)) = conv'(x)`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta``, ``s = gamma /
-sqrt(var + eps)`` per output channel (computed in float64, stored in the conv's dtype).
+sqrt(var + eps)`` per output channel (computed in float64, stored in the conv's dtype). :func:`fold_conv_bn`
+folds one pair; :func:`fold_batchnorm` folds every conv -> batch norm pair of a whole model (ONNX export).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
 
 __all__ = [
     "NotSupportedError",
+    "fold_batchnorm",
     "fold_bn",
     "fold_conv_bn",
     "relu_like",
@@ -67,6 +69,43 @@ def fold_bn(
     w2 = w.to(f64) * scale.reshape(-1, *([1] * (w.dim() - 1)))
     b2 = (b.to(f64) - mean) * scale + beta
     return w2.to(w.dtype), b2.to(w.dtype)
+
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every batch norm that directly follows a convolution inside an ``nn.Sequential`` (this covers
+    :class:`~shufflenet.layers.ConvBnAct` and ``conv, bn, relu`` sequences) into that convolution, in place,
+    replacing the batch norm by ``nn.Identity``. Returns ``model``; call it on an eval-mode copy.
+
+    Uses the running statistics (inference behaviour, :func:`fold_bn`). Batch norms without running statistics,
+    not after a convolution, or whose width differs from the convolution's outputs are left as they are.
+    Unlike :func:`shufflenet.deploy.optimized.optimize_torch` nothing else changes: the module tree, the
+    channel shuffles and the memory format stay those of ``model``.
+    """
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, _CONV_TYPES) and isinstance(bn, _BN_TYPES)):
+                continue
+            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+                continue
+            if bn.num_features != conv.out_channels:
+                continue
+            w = conv.weight.detach()
+            b = (
+                conv.bias.detach()
+                if conv.bias is not None
+                else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            )
+            w2, b2 = fold_bn(w, b, bn)
+            conv.weight.copy_(w2)
+            conv.bias = nn.Parameter(b2, requires_grad=conv.weight.requires_grad)
+            setattr(seq, bn_name, nn.Identity())
+    return model
 
 
 def relu_like(act: nn.Module | None) -> bool | None:

@@ -1,9 +1,11 @@
-"""ONNX export of the optimised graph, and an ONNX Runtime runner (the ``[onnx]`` extra).
+"""ONNX export with batch norm folded, and an ONNX Runtime runner (the ``[onnx]`` extra).
 
-:func:`export_onnx` writes the model with batch norm folded into the convolutions (ONNX Runtime fuses
-Conv + ReLU and the residual Add itself; the shuffle is Reshape-Transpose-Reshape), with a dynamic batch and
-spatial size. :class:`OnnxRuntimeRunner` runs a file or bytes on numpy arrays or torch tensors;
-:class:`OnnxRuntimeModule` is the same as an ``nn.Module``; :func:`verify_onnx` compares against eager PyTorch.
+:func:`export_onnx` is the package's one ONNX exporter (``shufflenet export`` and the ``"onnxruntime"`` backend
+use it): it writes the model with batch norm folded into the convolutions (ONNX Runtime fuses Conv + ReLU and
+the residual Add itself; the shuffle is Reshape-Transpose-Reshape), with a dynamic batch and spatial size (or a
+dynamic batch only), optionally with ``metadata_props``. :class:`OnnxRuntimeRunner` runs a file or bytes on
+numpy arrays or torch tensors; :class:`OnnxRuntimeModule` is the same as an ``nn.Module``;
+:func:`verify_onnx` compares against eager PyTorch.
 
 Example::
 
@@ -20,6 +22,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -62,94 +65,140 @@ def export_onnx(
     input_size: int | tuple[int, int] = 224,
     dynamic: bool = True,
     *,
-    opset: int = 17,
+    opset: int | None = 17,
     in_chans: int | None = None,
     fold: bool = True,
     exporter: str = "auto",
+    dynamic_spatial: bool = True,
+    fallback: bool = True,
+    metadata: Mapping[str, str] | None = None,
+    output_name: str = OUTPUT_NAME,
 ) -> bytes:
-    """Export ``model`` (a copy, in eval mode; the model is not modified) to ONNX.
+    """Export ``model`` (a float32 copy, in eval mode, on the CPU; the model is not modified) to ONNX.
 
     Args:
-        model: any module; with ``fold=True`` its batch norms are folded into the convolutions first
-            (:func:`shufflenet.deploy.optimized.optimize_torch` without the CPU-only kernels).
+        model: any module; with ``fold=True`` its batch norms are folded into the convolutions before them
+            (:func:`.fold.fold_batchnorm`); the channel shuffles stay where they are and export as
+            Reshape-Transpose-Reshape.
         path: also write the file here (atomically); ``None``: only return the bytes.
-        input_size: height = width (or ``(h, w)``) of the example input used for tracing.
-        dynamic: mark batch, height and width dynamic (the output's batch too).
-        opset: ONNX opset.
+        input_size: height = width (or ``(h, w)``) of the example input used for tracing, pixels.
+        dynamic: mark the batch dynamic (input and output), and height and width unless
+            ``dynamic_spatial=False``; ``False``: every dimension fixed to the example's.
+        opset: ONNX opset; ``None``: the exporter's default (the dynamo exporter writes 18 or newer).
         in_chans: input channels (default: those of the first convolution).
         exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``, fast), ``"dynamo"``, or ``"auto"``:
-            TorchScript unless the model has adaptive pooling to a size other than 1 (which that exporter cannot
-            make dynamic). If the first fails the other is tried. A model whose spatial size cannot be dynamic (e.g. adaptive pooling to a
-            fixed size, as AlexNet's) is exported with a dynamic batch only.
+            TorchScript unless the model has adaptive pooling to a size other than 1 and the spatial size is
+            dynamic (that exporter cannot make it dynamic).
+        dynamic_spatial: with ``dynamic``, height and width symbolic too (default); ``False`` fixes them to
+            ``input_size`` (models whose pooling is not global, e.g. AlexNet's 6x6 adaptive pool).
+        fallback: if the export fails, try a dynamic batch only (when the spatial size was dynamic), then the
+            other exporter, and return the first that works. ``False``: exactly the exporter and dynamic axes
+            asked for, or :class:`RuntimeError`.
+        metadata: ``metadata_props`` entries to store in the file (the model is then checked with
+            ``onnx.checker``; needs the ``onnx`` package).
+        output_name: name of the graph's output.
 
     Returns:
-        The serialized ONNX model. Input ``"input"`` (N, C, H, W) float32, output ``"output"``.
+        The serialized ONNX model. Input ``"input"`` (N, C, H, W) float32, output ``output_name``
+        (N, classes).
     """
-    from .native.lower import _in_channels
-    from .optimized import optimize_torch
-
-    src = optimize_torch(model, use_mkldnn=False, native_shuffle=False) if fold else model
     import copy
 
-    src = copy.deepcopy(src).eval().to(memory_format=torch.contiguous_format).cpu()
+    from .fold import fold_batchnorm
+    from .native.lower import _in_channels
+
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter={exporter!r} must be 'auto', 'torchscript' or 'dynamo'")
+    src = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
+    if fold:
+        fold_batchnorm(src)
     h, w = _size(input_size)
     c = in_chans if in_chans is not None else _in_channels(model)
     x = torch.randn(1, c, h, w)
-    if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter={exporter!r} must be 'auto', 'torchscript' or 'dynamo'")
     if exporter == "auto":
         fixed_pool = any(
             isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d)
             and m.output_size not in (1, (1, 1))
             for m in src.modules()
         )
-        exporter = "dynamo" if fixed_pool and dynamic else "torchscript"
-    full = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}}
-    batch_only = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+        exporter = "dynamo" if fixed_pool and dynamic and dynamic_spatial else "torchscript"
+    full = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: {0: "batch"}}
+    batch_only = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}
+    axes = (full if dynamic_spatial else batch_only) if dynamic else None
     # (exporter, dynamic axes): some layers (adaptive pooling to a fixed size) export only with fixed spatial size
-    attempts = [(exporter, full if dynamic else None)]
-    if dynamic:
-        attempts.append((exporter, batch_only))
-    other = "dynamo" if exporter == "torchscript" else "torchscript"
-    attempts += [(other, full if dynamic else None)] + ([(other, batch_only)] if dynamic else [])
+    attempts = [(exporter, axes)]
+    if fallback:
+        other = "dynamo" if exporter == "torchscript" else "torchscript"
+        for kind in (exporter, other):
+            for a in (axes, batch_only) if axes is full else (axes,):
+                if (kind, a) not in attempts:
+                    attempts.append((kind, a))
     errors = []
     data = None
-    for kind, axes in attempts:
+    for kind, ax in attempts:
         buf = io.BytesIO()
         try:
             with warnings.catch_warnings(), torch.no_grad(), _quiet():
                 warnings.simplefilter("ignore")
                 if kind == "torchscript":
+                    opts = {} if opset is None else {"opset_version": opset}
                     torch.onnx.export(
-                        src, (x,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                        dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+                        src, (x,), buf, input_names=[INPUT_NAME], output_names=[output_name],
+                        dynamic_axes=ax, dynamo=False, do_constant_folding=True, **opts,
                     )  # fmt: skip
                 else:
                     shapes = None
-                    if axes:
+                    if ax:
                         from torch.export import Dim
 
-                        dims = {0: Dim("batch")}
-                        if 2 in axes[INPUT_NAME]:
+                        dims = {0: Dim("batch", min=1)}
+                        if 2 in ax[INPUT_NAME]:
                             dims.update({2: Dim("height", min=8), 3: Dim("width", min=8)})
                         shapes = (dims,)
                     prog = torch.onnx.export(
-                        src, (x,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                        src, (x,), input_names=[INPUT_NAME], output_names=[output_name],
                         dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
                     )  # fmt: skip
                     prog.save(buf)
             data = buf.getvalue()
             break
         except Exception as e:  # noqa: BLE001 - try the next way, report all if all fail
-            errors.append(f"{kind} (dynamic axes {axes}): {type(e).__name__}: {str(e)[:500]}")
+            errors.append(f"{kind} (dynamic axes {ax}): {type(e).__name__}: {str(e)[:500]}")
     if data is None:
-        raise RuntimeError("ONNX export failed:\n" + "\n".join(errors))
+        hint = (
+            ""
+            if fallback
+            else "; try the other exporter" + (" or a fixed spatial size" if axes is full else "")
+        )
+        raise RuntimeError(
+            f"ONNX export of {type(model).__name__} failed{hint}:\n" + "\n".join(errors)
+        )
+    if metadata is not None:
+        data = _with_metadata(data, metadata)
     if path is not None:
         from ..utils.atomic import atomic_path
 
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(data)
     return data
+
+
+def _with_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
+    """``data`` with ``metadata`` added to its ``metadata_props``, checked by ``onnx.checker``."""
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - the extra is installed in CI
+        raise ImportError(
+            "ONNX metadata needs the onnx package: pip install 'shufflenet[onnx]'"
+        ) from e
+    proto = onnx.load_from_string(data)
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"ONNX metadata entry {k!r}: {v!r} must map a str to a str")
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Interoperability: published checkpoints (Megvii ShuffleNet v1, torchvision ShuffleNet v2), ``torch.save``
-files, and ONNX export checked against ONNX Runtime.
+files, and what ``shufflenet export`` adds around the ONNX exporter (:func:`shufflenet.deploy.onnx.export_onnx`):
+metadata, a graph summary and a check against ONNX Runtime.
 
 Nothing here downloads anything: every function takes a local file.
 """
@@ -14,7 +15,14 @@ from .megvii import (
     load_megvii_v1,
     megvii_v1_key_map,
 )
-from .onnx_export import OnnxCheck, check_onnx, export_onnx, fold_batchnorm, summarize_onnx
+from .onnx_export import (
+    EXPORT_OUTPUT_NAME,
+    OnnxCheck,
+    OnnxGraphSummary,
+    check_onnx,
+    onnx_metadata,
+    summarize_onnx,
+)
 from .torch_files import load_torch_state_dict, unwrap_state_dict
 from .torchvision_v2 import (
     TorchvisionV2Config,
@@ -26,16 +34,16 @@ from .torchvision_v2 import (
 )
 
 __all__ = [
+    "EXPORT_OUTPUT_NAME",
     "MEGVII_V1_INPUT_SPEC",
     "MegviiV1Config",
     "OnnxCheck",
+    "OnnxGraphSummary",
     "TorchvisionV2Config",
     "check_onnx",
     "convert_megvii_v1",
     "convert_torchvision_v2",
     "create_megvii_v1",
-    "export_onnx",
-    "fold_batchnorm",
     "infer_megvii_v1_config",
     "infer_torchvision_v2_config",
     "is_megvii_v1_state_dict",
@@ -44,6 +52,7 @@ __all__ = [
     "load_torch_state_dict",
     "load_torchvision_v2",
     "megvii_v1_key_map",
+    "onnx_metadata",
     "summarize_onnx",
     "torchvision_v2_input_spec",
     "unwrap_state_dict",

@@ -1,27 +1,23 @@
-"""Export to ONNX with batch norm folded and check the result against ONNX Runtime.
+"""What ``shufflenet export`` adds around the ONNX exporter: metadata, graph summary, ONNX Runtime check.
 
-The exported graph has one input ``input`` of shape ``(batch, C, height, width)``, all three dynamic, and one
-output ``logits`` of shape ``(batch, classes)``. Batch norm is folded into the preceding convolution before
-export (:func:`fold_batchnorm`), and the channel shuffles appear as Reshape -> Transpose -> Reshape. The model's
-:class:`~shufflenet.data.spec.InputSpec` and architecture are stored in the ONNX metadata (``metadata_props``
-keys ``shufflenet.input_spec``, ``shufflenet.arch``, ``shufflenet.arch_kwargs``), so that a consumer knows how
-to prepare images.
+The export itself is :func:`shufflenet.deploy.onnx.export_onnx` (batch norm folded by
+:func:`shufflenet.deploy.fold.fold_batchnorm`, dynamic batch and spatial size). ``shufflenet export`` names the
+graph's output ``logits`` (:data:`EXPORT_OUTPUT_NAME`) and stores the model's
+:class:`~shufflenet.data.spec.InputSpec` and architecture in the ONNX metadata (:func:`onnx_metadata`:
+``metadata_props`` keys ``shufflenet.input_spec``, ``shufflenet.arch``, ``shufflenet.arch_kwargs``), so that a
+consumer knows how to prepare images. :func:`summarize_onnx` counts the nodes (batch norms, channel shuffles as
+Reshape -> Transpose -> Reshape) and :func:`check_onnx` compares ONNX Runtime with PyTorch.
 
 Needs the ``onnx`` extra (``onnx``, ``onnxruntime``, ``onnxscript``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import io
 import json
 import os
-import tempfile
-import warnings
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,19 +25,17 @@ import torch
 from torch import nn
 
 from ..data.spec import InputSpec
-from ..utils.atomic import atomic_path
 
 __all__ = [
+    "EXPORT_OUTPUT_NAME",
     "OnnxCheck",
     "OnnxGraphSummary",
     "check_onnx",
-    "export_onnx",
-    "fold_batchnorm",
+    "onnx_metadata",
     "summarize_onnx",
 ]
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+EXPORT_OUTPUT_NAME = "logits"
 
 
 def _require_onnx() -> None:
@@ -58,41 +52,13 @@ def _require_onnx() -> None:
         )
 
 
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every batch norm that directly follows a convolution inside an ``nn.Sequential`` (this covers
-    :class:`~shufflenet.layers.ConvBnAct` and torchvision-style ``conv, bn, relu`` sequences) into that
-    convolution, in place, replacing the batch norm by ``nn.Identity``. Returns ``model``.
-
-    Uses the running statistics (inference behaviour): ``w' = w * gamma / sqrt(var + eps)``,
-    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``. Call on an eval-mode copy.
-    """
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        children = list(seq.named_children())
-        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, _CONV_TYPES) and isinstance(bn, _BN_TYPES)):
-                continue
-            if not bn.track_running_stats or bn.running_mean is None:
-                continue
-            if bn.num_features != conv.out_channels:
-                continue
-            scale = bn.running_var.add(bn.eps).rsqrt()
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-            conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
-            setattr(seq, bn_name, nn.Identity())
-    return model
-
-
-def _onnx_metadata(
-    input_spec: InputSpec | None, model: nn.Module, extra: dict[str, Any] | None
+def onnx_metadata(
+    model: nn.Module, input_spec: InputSpec | None = None, extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
+    """The ``metadata_props`` that ``shufflenet export`` stores: ``shufflenet.input_spec`` (JSON of
+    ``input_spec``), ``shufflenet.arch`` and ``shufflenet.arch_kwargs`` (from ``model.model_cfg``, when the
+    model came from the registry), and ``extra`` (values that are not strings are JSON-encoded).
+    Pass the result to :func:`shufflenet.deploy.onnx.export_onnx` as ``metadata``."""
     meta: dict[str, str] = {}
     if input_spec is not None:
         meta["shufflenet.input_spec"] = json.dumps(input_spec.to_dict())
@@ -103,118 +69,6 @@ def _onnx_metadata(
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     return meta
-
-
-def export_onnx(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    input_size: int = 224,
-    in_chans: int = 3,
-    opset: int | None = None,
-    dynamo: bool = True,
-    input_spec: InputSpec | None = None,
-    metadata: dict[str, Any] | None = None,
-    fold_bn: bool = True,
-    quiet: bool = True,
-    dynamic_spatial: bool = True,
-) -> Path:
-    """Write ``model`` (unchanged: a folded eval-mode copy is exported) to the ONNX file ``path`` atomically.
-
-    Args:
-        input_size: side of the example input used for tracing, pixels; the graph accepts any size
-            unless ``dynamic_spatial=False``.
-        in_chans: channels of the input.
-        opset: ONNX opset; ``None`` for the exporter's default.
-        dynamo: use the ``torch.export``-based exporter (default) or the TorchScript one.
-        input_spec: stored in the metadata.
-        metadata: further ``metadata_props`` entries (values that are not strings are JSON-encoded).
-        fold_bn: fold batch norm first (:func:`fold_batchnorm`).
-        quiet: silence the exporters' progress messages and warnings.
-        dynamic_spatial: height and width symbolic (default); ``False`` fixes them to ``input_size``
-            (models whose pooling is not global, e.g. AlexNet's 6x6 adaptive pool).
-    """
-    _require_onnx()
-    import onnx
-
-    m = copy.deepcopy(model).eval().cpu().float()
-    if fold_bn:
-        fold_batchnorm(m)
-    x = torch.randn(1, in_chans, input_size, input_size)
-    path = Path(path)
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_spatial else {0: "batch"}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_file = str(Path(tmp) / "model.onnx")
-        try:
-            with _maybe_quiet(quiet):
-                if dynamo:
-                    from torch.export import Dim
-
-                    dims = {i: Dim(n, min=1 if i == 0 else 2) for i, n in axes.items()}
-                    torch.onnx.export(
-                        m,
-                        (x,),
-                        tmp_file,
-                        input_names=["input"],
-                        output_names=["logits"],
-                        dynamic_shapes=(dims,),
-                        opset_version=opset,
-                        dynamo=True,
-                        external_data=False,
-                        verbose=False,
-                    )
-                else:
-                    kwargs = {} if opset is None else {"opset_version": opset}
-                    torch.onnx.export(
-                        m,
-                        (x,),
-                        tmp_file,
-                        input_names=["input"],
-                        output_names=["logits"],
-                        dynamic_axes={"input": axes, "logits": {0: "batch"}},
-                        do_constant_folding=True,
-                        dynamo=False,
-                        **kwargs,
-                    )
-        except Exception as e:  # the exporters raise many types; report which one failed and why
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise RuntimeError(
-                f"the {'dynamo' if dynamo else 'TorchScript'} ONNX exporter failed on "
-                f"{type(m).__name__} ({type(e).__name__}: {first[:500]}); try the other exporter"
-                + ("" if not dynamic_spatial else " or a fixed spatial size")
-            ) from e
-        proto = onnx.load(tmp_file)
-    for k, v in _onnx_metadata(input_spec, model, metadata).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.checker.check_model(proto)
-    with atomic_path(path) as tmp_path:
-        onnx.save(proto, str(tmp_path))
-    return path
-
-
-@contextlib.contextmanager
-def _maybe_quiet(quiet: bool):
-    if not quiet:
-        yield
-        return
-    import logging
-
-    loggers = [
-        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-    ]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 @dataclasses.dataclass
