@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="alexnet-groups: input side in pixels; None: 64",
     )
     p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate per 64 images")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate per 64 images; None: 0.05 (alexnet-groups 0.01)",
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the subset, initialisation and augmentation"
     )

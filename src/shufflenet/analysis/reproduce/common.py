@@ -38,6 +38,8 @@ BUDGETS: dict[str, dict[str, int | None]] = {
 }
 
 # A data note for CIFAR-10 batches rebuilt from JPEG copies of the images (pass it as --data-note).
+DEFAULT_LR = 0.05  # peak learning rate per 64 images
+
 JPEG_CIFAR_NOTE = (
     "CIFAR-10 decoded from JPEG copies (quality 75, mean PSNR about 30.5 dB against the originals) loses a "
     "little accuracy (reported: 2-3 points below published CIFAR-10 numbers); compare the variants with each "
@@ -57,7 +59,7 @@ class ReproduceOptions:
     test_subset: int | None = None
     corr_images: int | None = None
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float | None = None  # None: the experiment's default (DEFAULT_LR unless it says otherwise)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -121,7 +123,12 @@ def fmt_int(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def provenance(opts: ReproduceOptions, seconds: float, extra: Sequence[str] = ()) -> list[str]:
+def provenance(
+    opts: ReproduceOptions,
+    seconds: float,
+    extra: Sequence[str] = (),
+    default_lr: float = DEFAULT_LR,
+) -> list[str]:
     """Bullet points saying how a report was made."""
     cmd = (
         "shufflenet reproduce " + " ".join(shlex.quote(a) for a in opts.argv)
@@ -135,7 +142,7 @@ def provenance(opts: ReproduceOptions, seconds: float, extra: Sequence[str] = ()
         f"with {torch.get_num_threads()} threads, device {opts.device}; Python {sys.version.split()[0]}",
         f"budget: `{opts.budget}`: {opts.subset or 'all'} training images (class-balanced), "
         f"{opts.test_subset or 'all'} test images, {opts.epochs} epoch(s), batch {opts.batch_size}, "
-        f"peak learning rate {opts.lr}, seed {opts.seed}",
+        f"peak learning rate {opts.lr or default_lr} per 64 images, seed {opts.seed}",
         f"wall time: {seconds / 60:.1f} min",
     ]
     return items + list(extra)
@@ -155,21 +162,32 @@ def load_splits(opts: ReproduceOptions) -> tuple[Any, Any]:
 
 
 def train_eval(
-    model: nn.Module, train_ds: Any, test_ds: Any, spec: Any, opts: ReproduceOptions, desc: str
+    model: nn.Module,
+    train_ds: Any,
+    test_ds: Any,
+    spec: Any,
+    opts: ReproduceOptions,
+    desc: str,
+    default_lr: float | None = None,
 ) -> dict:
-    """Train ``model`` on ``train_ds`` and measure top-1 on ``test_ds``; returns numbers and timings."""
+    """Train ``model`` on ``train_ds`` and measure top-1 on ``test_ds``; returns numbers and timings.
+
+    The peak learning rate is ``opts.lr`` (else ``default_lr``, else :data:`DEFAULT_LR`) per 64 images.
+    """
     from ..data import loader_for
     from ..training import evaluate_top1, train_classifier
 
+    peak = opts.lr or default_lr or DEFAULT_LR
     train_loader = loader_for(train_ds, spec, True, opts.batch_size, seed=opts.seed)
     test_loader = loader_for(test_ds, spec, False, 2 * opts.batch_size)
     start = time.perf_counter()
     tr = train_classifier(
-        model, train_loader, opts.epochs, lr=opts.lr * opts.batch_size / 64, device=opts.device,
+        model, train_loader, opts.epochs, lr=peak * opts.batch_size / 64, device=opts.device,
         progress=opts.progress, desc=desc,
     )  # fmt: skip
     acc, n = evaluate_top1(model, test_loader, opts.device)
     return {
+        "peak_lr_per_64": peak,
         "test_top1": acc,
         "test_images": n,
         "train": tr.to_dict(),
