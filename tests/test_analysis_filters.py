@@ -49,3 +49,13 @@ def test_alexnet_conv1_is_split_by_the_groups_of_conv2() -> None:
 def test_filter_groups_rejects_non_divisor() -> None:
     with pytest.raises(ValueError, match="groups=5"):
         filter_groups(create_model("alexnet_g2"), "conv1", groups=5)
+
+
+def test_filter_groups_is_a_snapshot() -> None:
+    """Training after the call must not change what was read (a view of the weights would)."""
+    model = create_model("alexnet_g2")
+    fg = filter_groups(model, "conv1")
+    saved = fg.weights.copy()
+    with torch.no_grad():
+        model.features[0].weight.add_(1.0)
+    np.testing.assert_array_equal(fg.weights, saved)

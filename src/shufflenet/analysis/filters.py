@@ -94,7 +94,7 @@ def filter_groups(model: nn.Module, layer: str, groups: int | None = None) -> Fi
     if groups is None:
         consumer = next_conv(model, name)
         groups = max(conv.groups, consumer.groups if consumer is not None else 1)
-    w = conv.weight.detach().cpu().numpy()
+    w = conv.weight.detach().cpu().numpy().copy()  # a snapshot, not a view of the live weights
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or w.shape[0] % groups:
         raise ValueError(
             f"groups={groups!r} must be a positive divisor of the {w.shape[0]} filters of {name!r}"
