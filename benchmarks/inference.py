@@ -13,7 +13,7 @@ pass of each backend per round, rotating order), median latency with its p10-p90
 - the realised speed-up of each ShuffleNet over AlexNet, each on its fastest backend, next to the ratio of
   their multiply-adds (the paper's Table 8 measured 12x for 0.5x g=3 on one ARM core, for 18x fewer MACs);
 - the channels-last shuffle against ``clone()`` (bandwidth, bytes read + written);
-- the issue's targets, each with the measured value and whether it is met.
+- the performance targets (README, Performance), each with the measured value and whether it is met.
 
 The machine's load average is recorded before and after: on a shared machine medians move by 2x or more
 between runs, while the ratios of backends measured in the same interleaved rounds move much less. A full run
