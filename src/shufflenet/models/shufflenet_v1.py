@@ -31,6 +31,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
+from ._init import init_weights
 from ._registry import register_model
 
 __all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
@@ -157,7 +158,7 @@ class ShuffleNetV1(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
-        _init_weights(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
@@ -170,21 +171,6 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def _width_tag(width: float) -> str:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..layers.group_conv import DepthwiseConv2d, GroupConv2d, PointwiseGroupConv2d
 from ..ops.channel_shuffle import ChannelShuffle
+from ._init import init_weights
 from ._registry import register_model
 
 __all__ = ["ShuffleNetV2", "ShuffleNetV2Unit", "SHUFFLENET_V2_CHANNELS", "STAGE_REPEATS"]
@@ -176,7 +177,7 @@ class ShuffleNetV2(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
@@ -192,20 +193,6 @@ class ShuffleNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _make_factory(width: float) -> Callable[..., ShuffleNetV2]:
