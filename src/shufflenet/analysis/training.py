@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TrainResult", "train_classifier", "evaluate_top1"]
+from ..train.optim import param_groups
 
-_DECAYED = (nn.Conv2d, nn.Linear)
+__all__ = ["TrainResult", "train_classifier", "evaluate_top1"]
 
 
 @dataclasses.dataclass
@@ -34,15 +34,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, rest = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if p.requires_grad:
-                (decay if name == "weight" and isinstance(module, _DECAYED) else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
@@ -76,7 +67,7 @@ def train_classifier(
     total = max(1, epochs * steps_per_epoch)
     warmup = max(1, int(warmup_fraction * total))
     opt = torch.optim.SGD(
-        _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True
+        param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True
     )
 
     def factor(step: int) -> float:
