@@ -11,6 +11,12 @@ published checkpoints were trained with; it equals ``channel_shuffle(x, C // gro
 Both work on any tensor with channels at dim 1 and at least 3 dims, keep the input's memory format
 (a channels-last input gives a channels-last output), support autograd, and export to ONNX as
 Reshape-Transpose-Reshape with dynamic batch and spatial sizes.
+
+Graph capture: ``torch.export`` traces through both functions. ``torch.fx.symbolic_trace`` records
+a call of :class:`ChannelShuffle` / :class:`ChannelUnshuffle` as one ``call_function`` node whose target is
+:func:`channel_shuffle` / :func:`channel_unshuffle` with arguments ``(x, groups)``, so FX passes can find the
+permutation, and the traced module runs the function itself (argument checks and memory-format handling
+included). Called on an FX proxy from elsewhere, the functions trace into view/transpose nodes instead.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ __all__ = ["channel_shuffle", "channel_unshuffle", "ChannelShuffle", "ChannelUns
 
 
 def _check_input(x: torch.Tensor, groups: int, name: str) -> None:
+    if isinstance(x, torch.fx.Proxy):
+        # symbolic tracing: the shape is unknown here; the traced module checks real tensors when it runs
+        check_groups_arg(groups)
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 3:
@@ -36,14 +46,17 @@ def _check_input(x: torch.Tensor, groups: int, name: str) -> None:
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    """True when the channel dim is the innermost one in memory (channels_last / channels_last_3d)."""
-    if x.is_contiguous():
+    """True when the channel dim is the innermost one in memory (channels_last / channels_last_3d).
+
+    Always false for an FX proxy, which has no memory layout to ask about.
+    """
+    if isinstance(x, torch.fx.Proxy) or x.is_contiguous():
         return False
     perm = (0, *range(2, x.dim()), 1)
     return x.permute(perm).is_contiguous()
 
 
-def _permute_channels(x: torch.Tensor, outer: int) -> torch.Tensor:
+def _permute_channels(x: torch.Tensor, outer: int | torch.fx.Proxy) -> torch.Tensor:
     """View channels as (outer, C/outer), swap the two axes, flatten; keeps the memory format."""
     if _is_channels_last(x):
         # (N, *S, C) contiguous view: shuffle the innermost axis, then view back as (N, C, *S).
@@ -82,6 +95,11 @@ def channel_unshuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return x
     return _permute_channels(x, x.shape[1] // groups)
+
+
+# Recorded as single graph nodes by torch.fx.symbolic_trace (see the module docstring).
+torch.fx.wrap("channel_shuffle")
+torch.fx.wrap("channel_unshuffle")
 
 
 class ChannelShuffle(nn.Module):
