@@ -24,9 +24,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .validate import check_channels_divisible, check_groups_arg
+from .validate import check_channels_divisible, check_groups_arg, check_positive_int
 
-__all__ = ["channel_shuffle", "channel_unshuffle", "ChannelShuffle", "ChannelUnshuffle"]
+__all__ = [
+    "channel_shuffle",
+    "channel_unshuffle",
+    "channel_shuffle_indices",
+    "ChannelShuffle",
+    "ChannelUnshuffle",
+]
 
 
 def _check_input(x: torch.Tensor, groups: int, name: str) -> None:
@@ -97,6 +103,33 @@ def channel_unshuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return _permute_channels(x, x.shape[1] // groups)
 
 
+def channel_shuffle_indices(channels: int, groups: int, inverse: bool = False) -> torch.Tensor:
+    """Source channel of every output channel of the shuffle, as a permutation.
+
+    ``channel_shuffle(x, groups) == x[:, idx]`` with ``idx = channel_shuffle_indices(C, groups)``, and
+    ``channel_unshuffle(x, groups) == x[:, channel_shuffle_indices(C, groups, inverse=True)]``.
+    For 12 channels and 3 groups: ``0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11`` (inverse:
+    ``0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11``).
+
+    Args:
+        channels: ``C``, divisible by ``groups``.
+        groups: ``g``.
+        inverse: the permutation of :func:`channel_unshuffle` instead.
+
+    Returns:
+        int64 tensor of shape (C,), a permutation of ``0 .. C-1``.
+    """
+    channels = check_positive_int(channels, "channels")
+    groups = check_groups_arg(groups)
+    check_channels_divisible(channels, groups, "channels")
+    n = channels // groups
+    if inverse:
+        # unshuffle: output j * n + i reads input i * g + j
+        return torch.arange(channels).view(n, groups).t().reshape(-1)
+    # shuffle: output i * g + j reads input j * n + i
+    return torch.arange(channels).view(groups, n).t().reshape(-1)
+
+
 # Recorded as single graph nodes by torch.fx.symbolic_trace (see the module docstring).
 torch.fx.wrap("channel_shuffle")
 torch.fx.wrap("channel_unshuffle")
@@ -104,6 +137,8 @@ torch.fx.wrap("channel_unshuffle")
 
 class ChannelShuffle(nn.Module):
     """Module form of :func:`channel_shuffle`."""
+
+    inverse = False  # as for channel_shuffle_indices(channels, self.groups, self.inverse)
 
     def __init__(self, groups: int) -> None:
         super().__init__()
@@ -119,6 +154,8 @@ class ChannelShuffle(nn.Module):
 
 class ChannelUnshuffle(nn.Module):
     """Module form of :func:`channel_unshuffle`."""
+
+    inverse = True  # as for channel_shuffle_indices(channels, self.groups, self.inverse)
 
     def __init__(self, groups: int) -> None:
         super().__init__()
