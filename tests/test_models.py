@@ -19,7 +19,7 @@ from shufflenet import (
     create_model,
     list_models,
 )
-from shufflenet.models import shufflenet_v1_channels
+from shufflenet.models import in_channels, shufflenet_v1_channels
 
 ALL_MODELS = list_models()
 
@@ -66,6 +66,8 @@ def test_num_classes_and_in_chans(name):
         out = model(torch.randn(2, 1, h, w))
     assert out.shape == (2, 7)
     assert model.num_classes == 7
+    assert model.in_chans == 1 and in_channels(model) == 1
+    assert in_channels(nn.Sequential(model)) == 1  # read off the wrapped model
     with pytest.raises(RuntimeError):  # the stem really expects one channel now
         model(torch.randn(2, 3, h, w))
 
@@ -83,6 +85,14 @@ def test_forward_equals_head_of_features(name):
         if "pre_logits" in inspect.signature(model.forward_head).parameters:
             pre = model.forward_head(feats, pre_logits=True)
             assert pre.dim() == 2 and pre.shape[0] == 2
+
+
+def test_in_channels_of_other_modules():
+    # no in_chans attribute: the first convolution's input channels, in modules() order
+    assert in_channels(nn.Sequential(nn.ReLU(), nn.Conv2d(5, 8, 3), nn.Conv2d(8, 2, 1))) == 5
+    assert in_channels(ShuffleUnit(24, 48, stride=2, groups=3)) == 24
+    with pytest.raises(ValueError, match="cannot tell the input channels of Linear"):
+        in_channels(nn.Linear(4, 2))
 
 
 # ---------------------------------------------------------------------------------------------- ShuffleNet v1

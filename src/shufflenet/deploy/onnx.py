@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models import in_channels
+
 __all__ = [
     "export_onnx",
     "OnnxRuntimeRunner",
@@ -105,7 +107,6 @@ def export_onnx(
     import copy
 
     from .fold import fold_batchnorm
-    from .native.lower import _in_channels
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ValueError(f"exporter={exporter!r} must be 'auto', 'torchscript' or 'dynamo'")
@@ -113,7 +114,7 @@ def export_onnx(
     if fold:
         fold_batchnorm(src)
     h, w = _size(input_size)
-    c = in_chans if in_chans is not None else _in_channels(model)
+    c = in_chans if in_chans is not None else in_channels(model)
     x = torch.randn(1, c, h, w)
     if exporter == "auto":
         fixed_pool = any(
@@ -290,11 +291,9 @@ def verify_onnx(
 ) -> float:
     """Max absolute difference between ``model`` (eval, float32) and ONNX Runtime, over the reference's max
     absolute value, on a random batch. Callers typically require ``<= 1e-4``."""
-    from .native.lower import _in_channels
-
     h, w = _size(input_size)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, _in_channels(model), h, w, generator=g)
+    x = torch.randn(batch, in_channels(model), h, w, generator=g)
     was = model.training
     model.eval()
     try:

@@ -45,6 +45,7 @@ class AlexNet(nn.Module):
             raise ValueError(f"groups={groups!r} must be 1 or 2 for AlexNet")
         self.groups = groups
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.num_features = 256
 
         def norm() -> nn.Module:

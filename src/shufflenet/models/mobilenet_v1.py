@@ -60,6 +60,7 @@ class MobileNetV1(nn.Module):
         if width_mult <= 0:
             raise ValueError(f"width_mult={width_mult!r} must be positive")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         stem = _scaled(32, width_mult)
         self.stem = ConvBnAct(
             in_chans, stem, 3, stride=1 if small_input else 2, act_layer=act_layer

@@ -103,6 +103,7 @@ class NIN(nn.Module):
             layer_groups[name] = check_positive_int(g, f"groups[{name!r}]")
         self.root = root
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.layer_groups = dict(layer_groups)
         norm = functools.partial(nn.BatchNorm2d, affine=bn_affine)
 

@@ -64,6 +64,7 @@ class ResNeXt(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.in_chans = in_chans
         if small_input:
             self.stem = ConvBnAct(in_chans, stem_channels, 3)
             self.pool: nn.Module = nn.Identity()

@@ -121,6 +121,7 @@ class ShuffleNetV1(nn.Module):
         self.groups = groups
         self.width_mult = width_mult
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stage_channels = tuple(stage_channels)
 
         self.stem = ConvBnAct(

@@ -149,6 +149,7 @@ class ShuffleNetV2(nn.Module):
             )
         self.width_mult = width_mult
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stage_channels = stage_channels
         self.stage_repeats = tuple(stage_repeats)
 

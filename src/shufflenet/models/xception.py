@@ -85,6 +85,7 @@ class Xception(nn.Module):
             return max(8, int(n * width + 4) // 8 * 8)
 
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stem = nn.Sequential(
             ConvBnAct(in_chans, c(32), 3, stride=2, padding=0),
             ConvBnAct(c(32), c(64), 3, padding=0),
