@@ -14,6 +14,8 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.separable import DepthwiseSeparableConv2d
 from ._registry import register_model
+from ._variant import variant
+from ._width import scaled_channels
 
 __all__ = ["MobileNetV1"]
 
@@ -33,10 +35,6 @@ BLOCKS = (
     (1024, 2),
     (1024, 1),
 )
-
-
-def _scaled(channels: int, width_mult: float) -> int:
-    return max(8, int(channels * width_mult + 4) // 8 * 8)
 
 
 class MobileNetV1(nn.Module):
@@ -59,17 +57,18 @@ class MobileNetV1(nn.Module):
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult={width_mult!r} must be positive")
+        self.width_mult = width_mult
         self.num_classes = num_classes
         self.in_chans = in_chans
-        stem = _scaled(32, width_mult)
+        stem = scaled_channels(32, width_mult)
         self.stem = ConvBnAct(
             in_chans, stem, 3, stride=1 if small_input else 2, act_layer=act_layer
         )
         blocks = []
         in_ch = stem
-        for i, (c, s) in enumerate(BLOCKS):
-            out_ch = _scaled(c, width_mult)
-            stride = 1 if (small_input and i == 1) else s
+        for i, (channels_1x, paper_stride) in enumerate(BLOCKS):
+            out_ch = scaled_channels(channels_1x, width_mult)
+            stride = 1 if (small_input and i == 1) else paper_stride
             blocks.append(DepthwiseSeparableConv2d(in_ch, out_ch, 3, stride, act_layer=act_layer))
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
@@ -90,19 +89,18 @@ class MobileNetV1(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def mobilenet_v1_x1_0(**kwargs) -> MobileNetV1:
-    """MobileNet v1 1.0 (569M multiply-adds, 4.2M parameters at 224x224)."""
-    return MobileNetV1(width_mult=1.0, **kwargs)
+# Registered widths: (name, width multiplier, multiply-adds, parameters at 224x224), Table 6 of the paper.
+VARIANTS = (
+    ("mobilenet_v1_x1_0", 1.0, "569M", "4.2M"),
+    ("mobilenet_v1_x0_5", 0.5, "149M", "1.3M"),
+    ("mobilenet_v1_x0_25", 0.25, "41M", "0.5M"),
+)
 
 
-@register_model
-def mobilenet_v1_x0_5(**kwargs) -> MobileNetV1:
-    """MobileNet v1 0.5 (149M multiply-adds, 1.3M parameters at 224x224)."""
-    return MobileNetV1(width_mult=0.5, **kwargs)
+def _register() -> None:
+    for name, width_mult, macs, params in VARIANTS:
+        doc = f"MobileNet v1 {width_mult} ({macs} multiply-adds, {params} parameters at 224x224)."
+        register_model(variant(MobileNetV1, name, doc, width_mult=width_mult))
 
 
-@register_model
-def mobilenet_v1_x0_25(**kwargs) -> MobileNetV1:
-    """MobileNet v1 0.25 (41M multiply-adds, 0.5M parameters at 224x224)."""
-    return MobileNetV1(width_mult=0.25, **kwargs)
+_register()

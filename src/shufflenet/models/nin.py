@@ -42,6 +42,7 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..ops.validate import check_positive_int
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["NIN", "NIN_BLOCKS", "nin_root_groups", "ROOTS"]
 
@@ -155,21 +156,12 @@ def _init_weights(model: nn.Module) -> None:
     nn.init.normal_(model.conv3c.weight, 0.0, 0.01)
 
 
-@register_model
-def nin_cifar10(**kwargs) -> NIN:
-    """Network-in-Network for CIFAR-10 with batch norm (Deep Roots' "Orig."), 966,986 parameters."""
-    return NIN(root=1, **kwargs)
-
-
-def _register_roots() -> None:
+def _register() -> None:
+    doc = 'Network-in-Network for CIFAR-10 with batch norm (Deep Roots\' "Orig."), 966,986 parameters.'
+    register_model(variant(NIN, "nin_cifar10", doc, root=1))
     for root in ROOTS:
-
-        def factory(_root: int = root, **kwargs) -> NIN:
-            return NIN(root=_root, **kwargs)
-
-        factory.__name__ = f"nin_root{root}"
-        factory.__doc__ = f"NIN root-{root} (Deep Roots): conv2a with {root} filter groups, conv3a with {root // 2}."
-        register_model(factory)
+        doc = f"NIN root-{root} (Deep Roots): conv2a with {root} filter groups, conv3a with {root // 2}."
+        register_model(variant(NIN, f"nin_root{root}", doc, root=root))
 
 
-_register_roots()
+_register()

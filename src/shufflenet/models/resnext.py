@@ -14,6 +14,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ResNeXt", "ResNeXtBottleneck"]
 
@@ -98,13 +99,23 @@ class ResNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def resnext50_32x4d(**kwargs) -> ResNeXt:
-    """ResNeXt-50 (32x4d): 25.0M parameters, 4.2G multiply-adds at 224x224."""
-    return ResNeXt((3, 4, 6, 3), 32, 4, **kwargs)
-
-
-@register_model
-def resnext26_32x4d(**kwargs) -> ResNeXt:
-    """A smaller ResNeXt (2 blocks per stage, 32x4d)."""
-    return ResNeXt((2, 2, 2, 2), 32, 4, **kwargs)
+register_model(
+    variant(
+        ResNeXt,
+        "resnext50_32x4d",
+        "ResNeXt-50 (32x4d): 25.0M parameters, 4.2G multiply-adds at 224x224.",
+        layers=(3, 4, 6, 3),
+        cardinality=32,
+        base_width=4,
+    )
+)
+register_model(
+    variant(
+        ResNeXt,
+        "resnext26_32x4d",
+        "A smaller ResNeXt (2 blocks per stage, 32x4d).",
+        layers=(2, 2, 2, 2),
+        cardinality=32,
+        base_width=4,
+    )
+)

@@ -33,6 +33,7 @@ from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
 from ._init import init_weights
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
 
@@ -174,23 +175,19 @@ class ShuffleNetV1(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _width_tag(width: float) -> str:
-    return (
-        f"x{width:.2f}".rstrip("0").replace(".", "_")
-        if width < 1
-        else f"x{width:.1f}".replace(".", "_")
-    )
+def _width_tag(width_mult: float) -> str:
+    """0.25 -> ``x0_25``, 0.5 -> ``x0_5``, 1.0 -> ``x1_0``, 1.5 -> ``x1_5``."""
+    if width_mult < 1:
+        return f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
+    return f"x{width_mult:.1f}".replace(".", "_")
 
 
-def _make_factory(groups: int, width: float) -> Callable[..., ShuffleNetV1]:
-    def factory(**kwargs) -> ShuffleNetV1:
-        return ShuffleNetV1(groups=groups, width_mult=width, **kwargs)
+def _register() -> None:
+    for groups in STAGE2_CHANNELS_1X:
+        for width_mult in WIDTHS:
+            name = f"shufflenet_v1_g{groups}_{_width_tag(width_mult)}"
+            doc = f"ShuffleNet v1 {width_mult}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
+            register_model(variant(ShuffleNetV1, name, doc, groups=groups, width_mult=width_mult))
 
-    factory.__name__ = f"shufflenet_v1_g{groups}_{_width_tag(width)}"
-    factory.__doc__ = f"ShuffleNet v1 {width}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
-    return factory
 
-
-for _g in STAGE2_CHANNELS_1X:
-    for _w in WIDTHS:
-        register_model(_make_factory(_g, _w))
+_register()

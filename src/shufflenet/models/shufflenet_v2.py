@@ -31,6 +31,7 @@ from ..layers.group_conv import DepthwiseConv2d, GroupConv2d, PointwiseGroupConv
 from ..ops.channel_shuffle import ChannelShuffle
 from ._init import init_weights
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ShuffleNetV2", "ShuffleNetV2Unit", "SHUFFLENET_V2_CHANNELS", "STAGE_REPEATS"]
 
@@ -196,17 +197,14 @@ class ShuffleNetV2(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _make_factory(width: float) -> Callable[..., ShuffleNetV2]:
-    def factory(**kwargs) -> ShuffleNetV2:
-        return ShuffleNetV2(width_mult=width, **kwargs)
-
-    factory.__name__ = f"shufflenet_v2_x{width:.1f}".replace(".", "_")
-    factory.__doc__ = (
-        f"ShuffleNet v2 {width}x (Ma et al. 2018, Table 5); loads torchvision's "
-        f"{factory.__name__} state dict unchanged."
-    )
-    return factory
+def _register() -> None:
+    for width_mult in SHUFFLENET_V2_CHANNELS:
+        name = f"shufflenet_v2_x{width_mult:.1f}".replace(".", "_")
+        doc = (
+            f"ShuffleNet v2 {width_mult}x (Ma et al. 2018, Table 5); loads torchvision's {name} state dict "
+            "unchanged."
+        )
+        register_model(variant(ShuffleNetV2, name, doc, width_mult=width_mult))
 
 
-for _w in SHUFFLENET_V2_CHANNELS:
-    register_model(_make_factory(_w))
+_register()
