@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.separable import DepthwiseSeparableConv2d
+from ._features import feature_info
 from ._registry import register_model
 from ._variant import variant
 from ._width import scaled_channels
@@ -43,6 +44,10 @@ class MobileNetV1(nn.Module):
     Args:
         width_mult: the paper's ``alpha``.
         small_input: stem stride 1 and the first stride-2 block made stride 1 (for 32x32 images).
+
+    Attributes:
+        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
+            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
     """
 
     def __init__(
@@ -66,20 +71,43 @@ class MobileNetV1(nn.Module):
         )
         blocks = []
         in_ch = stem
+        reduction = self.stem.conv.stride[0]
+        last_at: dict[int, tuple[int, int]] = {}  # reduction -> (index, channels) of its last block
         for i, (channels_1x, paper_stride) in enumerate(BLOCKS):
             out_ch = scaled_channels(channels_1x, width_mult)
             stride = 1 if (small_input and i == 1) else paper_stride
             blocks.append(DepthwiseSeparableConv2d(in_ch, out_ch, 3, stride, act_layer=act_layer))
+            reduction *= stride
+            last_at[reduction] = (i, out_ch)
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.num_features = in_ch
+        # the three deepest reductions: 8, 16, 32 (2, 4, 8 with small_input)
+        stage_ends = sorted(last_at.items())[-3:]
+        self._stage_ends = tuple(i for _, (i, _) in stage_ends)
+        self.feature_info = [feature_info(c, r, f"blocks.{i}") for r, (i, c) in stage_ends]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_ch, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32)."""
-        return self.blocks(self.stem(x))
+    def forward_features(
+        self, x: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``).
+
+        With ``return_stages=True``: the output of the last block at strides 8, 16 and 32 (2, 4 and 8 with
+        ``small_input``), a list of (N, C_i, H/r_i, W/r_i) maps with ``C_i`` and ``r_i`` as in
+        :attr:`feature_info`. The last map is the tensor returned without it.
+        """
+        x = self.stem(x)
+        if not return_stages:
+            return self.blocks(x)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self._stage_ends:
+                maps.append(x)
+        return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x).flatten(1))

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
+from ._features import feature_info
 from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
@@ -89,6 +90,10 @@ class ShuffleNetV1(nn.Module):
         shuffle, shuffle_position, se: passed to every :class:`ShuffleUnit` (ablations and variants).
         classifier_bias: the paper's FC has a bias; some releases have none.
         drop_rate: dropout before the classifier.
+
+    Attributes:
+        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
+            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
     """
 
     def __init__(
@@ -157,14 +162,34 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
         self.num_features = in_ch
+        # stem and max pool divide by 4 (1 with small_input), every stage's first unit by 2
+        first = 1 if small_input else 4
+        self.feature_info = [
+            feature_info(c, first * 2 ** (i + 1), f"stages.{i}")
+            for i, c in enumerate(stage_channels)
+        ]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
-        return self.stages(self.pool(self.stem(x)))
+    def forward_features(
+        self, x: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``).
+
+        With ``return_stages=True``: the output of every stage, a list of (N, C_i, H/r_i, W/r_i) maps with
+        ``C_i`` and ``r_i`` as in :attr:`feature_info` (strides 8, 16, 32; 2, 4, 8 with ``small_input``),
+        for detection and segmentation heads. The last map is the tensor returned without it.
+        """
+        x = self.pool(self.stem(x))
+        if not return_stages:
+            return self.stages(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""

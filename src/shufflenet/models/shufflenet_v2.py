@@ -29,6 +29,7 @@ from torch import nn
 
 from ..layers.group_conv import DepthwiseConv2d, GroupConv2d, PointwiseGroupConv2d
 from ..ops.channel_shuffle import ChannelShuffle
+from ._features import feature_info
 from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
@@ -120,6 +121,10 @@ class ShuffleNetV2(nn.Module):
         stage_channels: override the table: five widths (Conv1, Stage2, Stage3, Stage4, Conv5).
         stage_repeats: units per stage.
         drop_rate: dropout before the classifier.
+
+    Attributes:
+        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
+            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
     """
 
     def __init__(
@@ -176,17 +181,37 @@ class ShuffleNetV2(nn.Module):
         last = stage_channels[-1]
         self.conv5 = nn.Sequential(PointwiseGroupConv2d(in_ch, last), norm_layer(last), act_layer())
         self.num_features = last
+        # Conv1 and the max pool divide by 4 (1 with small_input), every stage's first unit by 2; the last
+        # stage's map is taken after Conv5
+        first = 1 if small_input else 4
+        widths = (*stage_channels[1:-2], last)
+        modules = (*self.stage_names[:-1], "conv5")
+        self.feature_info = [
+            feature_info(c, first * 2 ** (i + 1), m)
+            for i, (c, m) in enumerate(zip(widths, modules))
+        ]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(last, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
+    def forward_features(
+        self, x: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``).
+
+        With ``return_stages=True``: a list of (N, C_i, H/r_i, W/r_i) maps with ``C_i`` and ``r_i`` as in
+        :attr:`feature_info`: the outputs of Stage2 and Stage3 (strides 8 and 16) and, for the last stage,
+        Conv5 applied to Stage4 (stride 32; strides 2, 4, 8 with ``small_input``). The last map is the tensor
+        returned without it.
+        """
         x = self.maxpool(self.conv1(x))
+        maps = []
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return self.conv5(x)
+            maps.append(x)
+        maps[-1] = self.conv5(x)
+        return maps if return_stages else maps[-1]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
