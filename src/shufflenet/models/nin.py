@@ -113,21 +113,23 @@ class NIN(nn.Module):
             nn.MaxPool2d(3, 2, ceil_mode=True),
             nn.AvgPool2d(3, 2, ceil_mode=True),
         )
-        c = in_chans
+        in_ch = in_chans
         for i, block in enumerate(NIN_BLOCKS):
-            for name, out, k in block:
-                if out is None:  # conv3c: the classifier, built below
+            for name, out_ch, kernel in block:
+                if out_ch is None:  # conv3c: the classifier, built below
                     continue
-                g = layer_groups.get(name, 1)
-                layers[name] = ConvBnAct(c, out, k, groups=g, norm_layer=norm, bias=True)
-                c = out
+                groups_here = layer_groups.get(name, 1)
+                layers[name] = ConvBnAct(
+                    in_ch, out_ch, kernel, groups=groups_here, norm_layer=norm, bias=True
+                )
+                in_ch = out_ch
             if i < len(pools):
                 layers[f"pool{i + 1}"] = pools[i]
                 if drop_rate > 0:
                     layers[f"drop{i + 1}"] = nn.Dropout(drop_rate)
         self.features = nn.Sequential(layers)
-        self.num_features = c
-        self.conv3c = nn.Conv2d(c, num_classes, 1, groups=layer_groups.get("conv3c", 1))
+        self.num_features = in_ch
+        self.conv3c = nn.Conv2d(in_ch, num_classes, 1, groups=layer_groups.get("conv3c", 1))
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         _init_weights(self)
 
