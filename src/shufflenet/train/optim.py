@@ -40,9 +40,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over :func:`param_groups`; ``cfg`` must be resolved."""
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, groups: list[dict] | None = None
+) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``groups`` (default :func:`param_groups` of ``model``);
+    ``cfg`` must be resolved. A group may set its own ``lr`` (e.g. a backbone trained at a fraction of the
+    head's rate): the schedule scales every group's own peak rate."""
+    if groups is None:
+        groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov)
@@ -110,11 +115,16 @@ class Optimisation:
 
 
 def build_optimisation(
-    cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device
+    cfg: TrainConfig,
+    model: nn.Module,
+    steps_per_epoch: int,
+    device: torch.device,
+    groups: list[dict] | None = None,
 ) -> Optimisation:
-    """Optimiser over ``model``'s parameters, per-step schedule, loss with ``cfg.label_smoothing``, and
-    mixed precision on CUDA when ``cfg.amp`` (bfloat16 where supported, else float16 with a scaler)."""
-    optimizer = build_optimizer(cfg, model)
+    """Optimiser over ``model``'s parameters (or ``groups``, see :func:`build_optimizer`), per-step
+    schedule, loss with ``cfg.label_smoothing``, and mixed precision on CUDA when ``cfg.amp`` (bfloat16
+    where supported, else float16 with a scaler)."""
+    optimizer = build_optimizer(cfg, model, groups)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp_dtype, scaler = None, None

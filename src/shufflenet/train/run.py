@@ -182,9 +182,15 @@ class Trainer:
             f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint"
         )
 
+    def _start_epoch(self) -> None:
+        """Prepare epoch ``progress.epoch`` (from ``progress.step`` on, when resumed mid-epoch): position the
+        loader. What changes with the epoch (e.g. a backbone frozen for the first epochs) belongs here, as a
+        function of the epoch, so that a resumed run does the same."""
+        set_epoch(self.data.train_loader, self.progress.epoch, self.progress.step)
+
     def _train_epoch(self) -> str | None:
         p, data = self.progress, self.data
-        set_epoch(data.train_loader, p.epoch, p.step)
+        self._start_epoch()
         bar = tqdm(
             total=data.steps_per_epoch,
             initial=p.step,
