@@ -45,9 +45,8 @@ class MobileNetV1(nn.Module):
         width_mult: the paper's ``alpha``.
         small_input: stem stride 1 and the first stride-2 block made stride 1 (for 32x32 images).
 
-    Attributes:
-        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
-            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
+    ``feature_info`` describes the maps of ``forward_features(x, return_stages=True)`` (channels,
+    reduction, module name; see :mod:`shufflenet.models._features`).
     """
 
     def __init__(

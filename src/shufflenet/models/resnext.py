@@ -99,23 +99,20 @@ class ResNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-register_model(
-    variant(
-        ResNeXt,
+# Registered depths, all 32x4d: (name, blocks per stage, description).
+VARIANTS = (
+    (
         "resnext50_32x4d",
+        (3, 4, 6, 3),
         "ResNeXt-50 (32x4d): 25.0M parameters, 4.2G multiply-adds at 224x224.",
-        layers=(3, 4, 6, 3),
-        cardinality=32,
-        base_width=4,
-    )
+    ),
+    ("resnext26_32x4d", (2, 2, 2, 2), "A smaller ResNeXt (2 blocks per stage, 32x4d)."),
 )
-register_model(
-    variant(
-        ResNeXt,
-        "resnext26_32x4d",
-        "A smaller ResNeXt (2 blocks per stage, 32x4d).",
-        layers=(2, 2, 2, 2),
-        cardinality=32,
-        base_width=4,
-    )
-)
+
+
+def _register() -> None:
+    for name, layers, doc in VARIANTS:
+        register_model(variant(ResNeXt, name, doc, layers=layers, cardinality=32, base_width=4))
+
+
+_register()

@@ -91,9 +91,8 @@ class ShuffleNetV1(nn.Module):
         classifier_bias: the paper's FC has a bias; some releases have none.
         drop_rate: dropout before the classifier.
 
-    Attributes:
-        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
-            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
+    ``feature_info`` describes the maps of ``forward_features(x, return_stages=True)`` (channels,
+    reduction, module name; see :mod:`shufflenet.models._features`).
     """
 
     def __init__(

@@ -122,9 +122,8 @@ class ShuffleNetV2(nn.Module):
         stage_repeats: units per stage.
         drop_rate: dropout before the classifier.
 
-    Attributes:
-        feature_info: per stage, a dict of ``num_chs`` (channels), ``reduction`` (input side / map side)
-            and ``module`` (its name): the maps of ``forward_features(x, return_stages=True)``.
+    ``feature_info`` describes the maps of ``forward_features(x, return_stages=True)`` (channels,
+    reduction, module name; see :mod:`shufflenet.models._features`).
     """
 
     def __init__(
