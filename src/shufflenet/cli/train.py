@@ -15,7 +15,10 @@ import sys
 import types
 import typing
 
+from ..train.checkpoint import resume_config
 from ..train.config import TrainConfig
+from ..train.distributed import launch
+from ..train.run import CheckpointWriteError, fit
 
 _EXIT = {"completed": 0, "stopped": 0, "interrupted": 130, "nonfinite": 3}
 
@@ -99,19 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None}
     try:
         if "resume" in given:
-            from ..train.checkpoint import resume_config
-
             cfg = resume_config(given.pop("resume"), **given)
         else:
             cfg = TrainConfig(**given)
         if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            from ..train.distributed import launch
-
             return launch(cfg.nproc, argv)
-        from ..train.run import fit
-
         result = fit(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointWriteError) as e:
         print(f"shufflenet train: error: {e}", file=sys.stderr)
         return 2
     if result.status == "completed" and int(os.environ.get("RANK", "0")) == 0:

@@ -80,7 +80,12 @@ def restore(
     """Load the checkpoint at ``where`` (a run directory or a checkpoint file) into the model and the
     optimisation; returns the progress it recorded and the run directory. Warns (rank 0) when a setting of
     :data:`RESUME_FIXED` differs from the saved one."""
-    model_path, _state_path, state = find_checkpoint(where)
+
+    def warn(line: str) -> None:
+        if ctx.is_main:
+            print(f"warning: {line}", file=sys.stderr)
+
+    model_path, _state_path, state = find_checkpoint(where, on_skip=warn)
     saved = state["config"]
     changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(cfg, k)]
     if changed and ctx.is_main:
