@@ -15,7 +15,7 @@ import torch
 from ..checkpoint import load_model
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
-from ..train.distributed import resolve_device
+from ..distributed import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

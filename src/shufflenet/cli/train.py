@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = TrainConfig(**given)
         if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            from ..train.distributed import launch
+            from ..distributed import launch
 
             return launch(cfg.nproc, argv)
         from ..train.run import fit

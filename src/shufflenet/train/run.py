@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..checkpoint import load_weights, save_model
 from ..complexity import profile
 from ..data import build_dataset, build_transform, default_spec, make_loader, set_epoch
+from ..distributed import DistContext, broadcast_object, init_distributed
 from ..models import create_model
 from ..utils.atomic import atomic_write
 from .checkpoint import (
@@ -45,19 +46,10 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, resolve
-from .distributed import (
-    DistContext,
-    broadcast_object,
-    full_model,
-    init_distributed,
-    load_full_weights,
-    resolve_parallel,
-    unwrap,
-    wrap_model,
-)
 from .engine import EpochStats, EvalResult, evaluate, recalibrate_bn, train_one_epoch
 from .metrics import MetricsWriter, plot_confusion, plot_curves
 from .optim import build_optimizer, build_scheduler
+from .parallel_mode import full_model, load_full_weights, resolve_parallel, unwrap, wrap_model
 
 __all__ = ["FitResult", "fit", "Trainer"]
 
