@@ -62,7 +62,7 @@ def correlate_checkpoint(
 ) -> tuple[LayerCorrelation, dict[str, Path]]:
     """Load a model file, stream ``max_images`` images of ``data`` through it and write the correlation of
     ``layers[0]`` and ``layers[1]``."""
-    from ..checkpoint import load_model
+    from ..model_file import load_model
     from .data import dataset_split, loader_for
 
     if len(layers) != 2:

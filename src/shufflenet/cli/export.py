@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_model
 from ..deploy.onnx import (
     DEFAULT_EXPORTER,
     DEFAULT_OPSET,
@@ -22,6 +21,7 @@ from ..deploy.onnx import (
     onnx_metadata,
     summarize_onnx,
 )
+from ..model_file import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:

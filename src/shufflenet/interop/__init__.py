@@ -14,6 +14,7 @@ from .megvii import (
     load_megvii_v1,
     megvii_v1_key_map,
 )
+from .releases import RELEASES, ConvertedCheckpoint, convert_release, detect_release
 from .torch_files import load_torch_state_dict, unwrap_state_dict
 from .torchvision_v2 import (
     TorchvisionV2Config,
@@ -25,6 +26,10 @@ from .torchvision_v2 import (
 )
 
 __all__ = [
+    "RELEASES",
+    "ConvertedCheckpoint",
+    "convert_release",
+    "detect_release",
     "MEGVII_V1_INPUT_SPEC",
     "MegviiV1Config",
     "TorchvisionV2Config",

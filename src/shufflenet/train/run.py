@@ -31,10 +31,10 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import load_weights, save_model
 from ..complexity import profile
 from ..data import build_dataset, build_transform, default_spec, make_loader, set_epoch
 from ..distributed import DistContext, broadcast_object, init_distributed
+from ..model_file import load_weights, save_model
 from ..models import create_model
 from ..utils.atomic import atomic_write
 from .checkpoint import (

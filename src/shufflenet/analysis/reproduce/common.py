@@ -211,7 +211,7 @@ def maybe_save(
     that ``shufflenet correlate``, ``filters`` and ``evaluate`` read)."""
     if not opts.save_checkpoints:
         return
-    from ...checkpoint import save_model
+    from ...model_file import save_model
 
     save_model(
         opts.out / "checkpoints" / f"{name}.safetensors",
