@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from shufflenet.cli import train
+from shufflenet.distributed import DistContext, init_distributed
 from shufflenet.train import TrainConfig, evaluate, fit, resolve
 from shufflenet.train.checkpoint import resume_config
-from shufflenet.train.distributed import DistContext, init_distributed
 from shufflenet.train.run import CheckpointWriteError, Trainer
 from shufflenet.train.run_dir import LOCK_NAME, RunDirBusy, RunDirLock
 

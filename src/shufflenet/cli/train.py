@@ -15,9 +15,9 @@ import sys
 import types
 import typing
 
+from ..distributed import launch
 from ..train.checkpoint import resume_config
 from ..train.config import TrainConfig
-from ..train.distributed import launch
 from ..train.run import CheckpointWriteError, fit
 
 _EXIT = {"completed": 0, "stopped": 0, "interrupted": 130, "nonfinite": 3}

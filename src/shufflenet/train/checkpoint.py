@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import read_info, save_model
 from ..data.spec import InputSpec
+from ..model_file import read_info, save_model
 from ..utils.atomic import atomic_path
 from .config import TrainConfig
 

@@ -17,9 +17,10 @@ from torch import nn
 
 from ..complexity import profile
 from ..data.spec import InputSpec
+from ..distributed import DistContext
 from ..models import create_model
 from .config import MAX_IMAGE_SIZE, TrainConfig
-from .distributed import DistContext, unwrap, wrap_model
+from .parallel_mode import unwrap, wrap_model
 
 __all__ = [
     "RunModel",

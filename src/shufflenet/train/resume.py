@@ -14,13 +14,14 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from ..checkpoint import load_weights
+from ..distributed import DistContext
+from ..model_file import load_weights
 from .checkpoint import find_checkpoint, get_rng_state, load_shard_state, set_rng_state
 from .config import TrainConfig
-from .distributed import DistContext, load_full_weights
 from .engine import EpochStats
 from .model import RunModel
 from .optim import Optimisation
+from .parallel_mode import load_full_weights
 
 __all__ = ["RESUME_FIXED", "Progress", "training_state", "restore"]
 

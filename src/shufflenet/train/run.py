@@ -37,16 +37,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..checkpoint import save_model
 from ..data import set_epoch
+from ..distributed import DistContext, init_distributed
+from ..model_file import save_model
 from .checkpoint import save_checkpoint, save_shard_state
 from .config import TrainConfig, resolve
-from .distributed import DistContext, full_model, init_distributed, resolve_parallel
 from .engine import EpochStats, EvalResult, evaluate, recalibrate_bn, train_one_epoch
 from .loaders import prepare_data
 from .metrics import MetricsWriter
 from .model import build_model, check_outputs, describe_model, prepare_model
 from .optim import build_optimisation
+from .parallel_mode import full_model, resolve_parallel
 from .report import (
     FitResult,
     announce_line,

@@ -20,9 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from ..distributed import DistContext, broadcast_object
 from ..utils.atomic import atomic_write
 from .config import TrainConfig
-from .distributed import DistContext, broadcast_object
 
 try:  # POSIX; elsewhere the lock only records its holder
     import fcntl
