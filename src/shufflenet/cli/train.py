@@ -2,7 +2,12 @@
 
 With no arguments: the main job, a small ShuffleNet on the bundled digits (about a minute on 2 CPU cores),
 evaluated at the end. ``--resume RUN_DIR`` continues a run with its saved configuration (options given
-alongside override it, e.g. ``--epochs``). ``--nproc N`` relaunches itself through torchrun for DDP.
+alongside override it, e.g. ``--epochs``); one process at a time trains into a run directory. ``--nproc N``
+relaunches itself through torchrun for DDP.
+
+Exit status: 0 done (or stopped by ``--stop-after-epochs``), 2 a user error (one line on stderr, before any
+work where possible), 3 the loss or the weights became NaN or infinite (nothing non-finite is saved), 130
+interrupted (a checkpoint was written).
 """
 
 from __future__ import annotations
