@@ -64,7 +64,7 @@ def correlate_checkpoint(
 ) -> tuple[LayerCorrelation, dict[str, Path]]:
     """Load a model file, stream ``max_images`` images of ``data`` through it and write the correlation of
     ``layers[0]`` and ``layers[1]``."""
-    from ..checkpoint import load_model
+    from ..model_file import load_model
 
     if len(layers) != 2:
         raise ValueError(f"give exactly two layers, got {list(layers)}")
