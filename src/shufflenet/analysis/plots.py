@@ -23,6 +23,7 @@ __all__ = [
     "plot_flow_panels",
     "plot_filter_groups",
     "plot_bars",
+    "plot_share_controls",
 ]
 
 
@@ -192,4 +193,57 @@ def plot_bars(
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_share_controls(
+    labels: Sequence[str],
+    trained: Sequence[float],
+    untrained: Sequence[float],
+    untrained_sd: Sequence[float | None],
+    chance: Sequence[float],
+    path: str | os.PathLike[str],
+    title: str = "",
+    excess_interval: Sequence[tuple[float, float] | None] | None = None,
+) -> Path:
+    """In-block share per label (a layer pair or a model): trained and untrained bars side by side, the
+    untrained bar with its standard deviation over init seeds, and the chance level ``1/g`` as a black tick.
+
+    Above each pair of bars: the learned excess (trained - untrained), with its bootstrap interval when
+    ``excess_interval`` gives one.
+    """
+    x = np.arange(len(labels))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(1.5 * len(labels) + 2.5, 3.4), constrained_layout=True)
+    ax.bar(x - width / 2, trained, width, label="trained", color="tab:blue")
+    err = [0.0 if e is None else e for e in untrained_sd]
+    ax.bar(
+        x + width / 2,
+        untrained,
+        width,
+        yerr=err,
+        capsize=3,
+        label="untrained (sd over init seeds)",
+        color="tab:gray",
+    )
+    for i, c in enumerate(chance):
+        ax.plot(
+            [i - width, i + width],
+            [c, c],
+            color="black",
+            lw=1.5,
+            label="chance 1/g" if i == 0 else None,
+        )
+    intervals = excess_interval or [None] * len(labels)
+    top = max([*trained, *untrained, *chance]) if len(labels) else 1.0
+    for i, (t, u, ci) in enumerate(zip(trained, untrained, intervals)):
+        text = f"{t - u:+.3f}" + ("" if ci is None else f"\n[{ci[0]:+.3f}, {ci[1]:+.3f}]")
+        ax.text(i, max(t, u) + 0.02 * top, text, ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0, top * 1.25)
+    ax.set_ylabel("in-block share of |correlation|", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper right")
     return save_figure(fig, path)
