@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..analysis.commands import correlate_checkpoint
 from ..analysis.correlation_control import NIN_PAIRS
 
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/correlate", help="output directory")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads; None: torch's choice"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     pairs = [tuple(args.layers)] if args.layers else args.pairs
     bootstrap = args.bootstrap if args.init_seeds else 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         results, paths = correlate_checkpoint(
             args.checkpoint,
