@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..ops.validate import check_positive_int
 from .correlation import (
     CrossMoments,
     LayerCorrelation,
@@ -36,7 +37,6 @@ from .correlation import (
     stream_pair_moments,
     whitened_cross_covariance,
 )
-from ..ops.validate import check_positive_int
 from .layers import find_module
 
 __all__ = [
