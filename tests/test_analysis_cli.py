@@ -13,6 +13,8 @@ from shufflenet import InputSpec, create_model, save_model
 from shufflenet.analysis.correlation import block_diagonality, layer_correlation
 from shufflenet.analysis.correlation_control import NIN_PAIRS
 from shufflenet.cli import correlate, filters, flow
+from shufflenet.data import build_transform, make_loader
+from shufflenet.data.subsets import dataset_split
 
 
 def test_flow_gconv_stack(tmp_path, capsys) -> None:
@@ -133,11 +135,10 @@ def test_correlate_default_nin_pairs_with_untrained_control(tmp_path, capsys) ->
         assert p["bootstrap"]["resamples"] == 3 and p["bootstrap"]["chunks"] == 3
         assert p["trained"]["images"] == 12 and len(p["untrained"]) == 2
     # the control, measured independently: a model built under seed 0, the same images
-    from shufflenet.analysis.data import dataset_split, loader_for
-
     torch.manual_seed(0)
     fresh = create_model("nin_root4")
-    loader = loader_for(dataset_split(tmp_path / "data", False), spec, False, 12)
+    ds = dataset_split(tmp_path / "data", False)
+    loader = make_loader(ds, build_transform(spec, False), 12, False)
     ref = layer_correlation(fresh, loader, "conv2c", "conv3a")
     assert pairs[2]["untrained_shares"][0] == pytest.approx(ref.block.share, rel=1e-6)
     m = np.loadtxt(out / "correlation_conv1c-conv2a.csv", delimiter=",", skiprows=1)[:, 1:]

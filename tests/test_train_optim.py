@@ -102,6 +102,23 @@ def test_scheduler_drives_the_optimizer_per_step():
     assert opt.param_groups[0]["lr"] == 0.0
 
 
+def test_a_group_with_its_own_rate_follows_the_schedule_at_that_rate():
+    cfg = resolve(TrainConfig(recipe="paper", epochs=2, batch_size=1024))  # linear decay from 0.5
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = [
+        {"params": model[0].parameters(), "lr": 0.1 * cfg.lr},  # "backbone" at a tenth
+        {"params": model[1].parameters()},
+    ]
+    opt = build_optimizer(cfg, model, groups)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=4)
+    for step in range(8):
+        factor = 1 - step / 8
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * factor, abs=1e-15)
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * factor, abs=1e-15)
+        opt.step()
+        sched.step()
+
+
 def test_cli_flags_map_to_config_fields():
     args = build_parser().parse_args(
         [

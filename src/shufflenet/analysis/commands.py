@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..data import build_transform, make_loader
+from ..data.subsets import dataset_split
 from .correlation import LayerCorrelation
 from .correlation_control import ControlledCorrelation, controlled_correlation, default_pairs
 from .filters import FilterGroups, filter_groups
@@ -121,14 +123,13 @@ def correlate_checkpoint(
     its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
     (default: :data:`~shufflenet.analysis.correlation_control.NIN_PAIRS` for NIN) with the learned excess."""
     from ..checkpoint import load_model
-    from .data import dataset_split, loader_for
 
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
     model, info = load_model(checkpoint, map_location=device)
     pairs = default_pairs(model) if pairs is None else pairs  # fail before reading any data
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = loader_for(ds, info.input_spec, train=False, batch_size=batch_size)
+    loader = make_loader(ds, build_transform(info.input_spec, False), batch_size, False)
     results = controlled_correlation(
         model,
         loader,
