@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from shufflenet import create_model, load_model
@@ -81,19 +82,32 @@ SMOKE = [
 @pytest.mark.slow
 def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
     out = tmp_path / "g"
-    args = ["groups", *SMOKE, "--roots", "1", "4", "--corr-images", "20", "--save-checkpoints"]
+    args = ["groups", *SMOKE, "--roots", "1", "4", "--corr-images", "20", "--save-checkpoints",
+            "--init-seeds", "0", "1", "--bootstrap", "2"]  # fmt: skip
     assert cli.main([*args, "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())["results"]
     assert set(res) == {"1", "4"}
     # single-channel input: the first conv has 1/3 of the weights of the RGB model (5*5*192*2 fewer)
     assert res["1"]["params"] == 966_986 - 5 * 5 * 192 * 2
+    key = res["4"]["correlation"]["conv2c-conv3a"]
+    assert key["groups"] == 2 and key["trained"]["images"] == 20 and len(key["untrained"]) == 2
+    assert key["excess"] == pytest.approx(key["trained_share"] - np.mean(key["untrained_shares"]))
+    assert set(res["4"]["correlation"]) == {
+        "conv1c-conv2a",
+        "conv2a-conv2b",
+        "conv2c-conv3a",
+        "conv3a-conv3b",
+    }
+    assert res["4"]["in_block_share"]["2"] == pytest.approx(key["trained_share"])
     assert (
-        res["4"]["correlation"]["block"]["groups"] == 2 and res["4"]["correlation"]["images"] == 20
-    )
-    assert 0.0 <= res["4"]["in_block_share"]["2"] <= 1.0
+        res["1"]["correlation"]["conv2c-conv3a"]["excess"] is None
+    )  # dense: scored at other counts only
+    assert 0.0 <= res["1"]["in_block_share_untrained"]["2"] <= 1.0
+    assert res["4"]["train_images"] == 20 and 0.0 <= res["4"]["train_top1"] <= 1.0
     report = (out / "report.md").read_text()
     assert "| root-4 |" in report and "92.02" in report  # published accuracy beside ours
-    for fig in ("correlation_panels.png", "accuracy.png"):
+    assert "learned excess" in report and "| root-4 untrained |" in report
+    for fig in ("correlation_panels.png", "correlation_shares.png", "accuracy.png"):
         assert (out / fig).stat().st_size < 300_000
     model, info = load_model(out / "checkpoints" / "nin_root4.safetensors")
     assert info.arch == "nin_root4" and info.input_spec.channel_order == "L"

@@ -23,6 +23,11 @@ __all__ = ["root_correlations", "correlation_section", "KEY_PAIR"]
 KEY_PAIR = ("conv2c", "conv3a")
 
 
+# The learned share excess / (trained - chance) is shown only where the trained share is this far above
+# chance; nearer, the ratio of two small, noisy numbers means nothing.
+_MIN_ABOVE_CHANCE = 0.01
+
+
 class _Doc(Protocol):
     def h2(self, text: str) -> None: ...
     def p(self, text: str) -> None: ...
@@ -156,7 +161,9 @@ def correlation_section(
                     f"{c.untrained_share:.3f} ± {_fmt(c.seed_sd)}",
                     f"{c.excess:+.3f}",
                     "-" if boot is None else f"{boot['low']:+.3f} to {boot['high']:+.3f}",
-                    _fmt(c.learned_fraction, ".0%"),
+                    _fmt(c.learned_fraction, ".0%")
+                    if c.trained_share - c.chance >= _MIN_ABOVE_CHANCE
+                    else "-",
                 ]
             )
     md.table(
@@ -177,7 +184,8 @@ def correlation_section(
         "In-block share: the share of the matrix's total absolute value inside the g diagonal blocks (g: the "
         "groups of the pair's grouped layer). The bootstrap redraws chunks of images with replacement and "
         "recomputes the trained and untrained matrices from the same draw; it covers the choice of images, "
-        "the seed spread the choice of initialisation. Learned share: excess / (trained - chance)."
+        "the seed spread the choice of initialisation. Learned share: excess / (trained - chance), where the "
+        f"trained share is at least {_MIN_ABOVE_CHANCE} above chance."
     )
     block_sizes = sorted({key[r].groups for r in roots if key[r].groups > 1})
     if block_sizes:
