@@ -117,11 +117,31 @@ def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
 @pytest.mark.slow
 def test_shuffle_smoke_on_builtin_digits(tmp_path) -> None:
     out = tmp_path / "s"
-    assert cli.main(["shuffle", *SMOKE, "--groups", "3", "--epochs", "1", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())["results"]
-    on, off = res["shufflenet_v1_g3_x0_25/shuffle"], res["shufflenet_v1_g3_x0_25/none"]
+    args = ["shuffle", *SMOKE, "--groups", "1", "3", "--seeds", "0", "1", "--epochs", "1"]
+    assert cli.main([*args, "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    res, summary = data["results"], data["summary"]
+    on, off = res["shufflenet_v1_g3_x0_25/shuffle/seed0"], res["shufflenet_v1_g3_x0_25/none/seed0"]
     assert on["params"] == off["params"] and on["macs"] == off["macs"]  # shuffle is free
-    assert "| 0.25x, g=3 |" in (out / "report.md").read_text()
+    # the paired gap per seed, its mean and standard error
+    gaps = [
+        100 * (res[f"shufflenet_v1_g3_x0_25/shuffle/seed{s}"]["test_top1"]
+               - res[f"shufflenet_v1_g3_x0_25/none/seed{s}"]["test_top1"])
+        for s in (0, 1)
+    ]  # fmt: skip
+    assert summary["0.25/3"]["gaps"] == pytest.approx(gaps)
+    assert summary["0.25/3"]["gap"][0] == pytest.approx(np.mean(gaps))
+    assert summary["0.25/3"]["gap"][1] == pytest.approx(np.std(gaps, ddof=1) / np.sqrt(2))
+    # g = 1: one function, trained once per seed, gap 0
+    g1 = res["shufflenet_v1_g1_x0_25/none/seed1"]
+    assert g1["same_function_as_shuffle"] is True and summary["0.25/1"]["gaps"] == [0.0, 0.0]
+    assert g1["test_top1"] == res["shufflenet_v1_g1_x0_25/shuffle/seed1"]["test_top1"]
+    report = (out / "report.md").read_text()
+    assert "| 0.25x, g=3 |" in report and "| 0.25x, g=1 (control) |" in report
+    assert (
+        "identical outputs for every seed" in report
+        and (out / "shuffle_gap.png").stat().st_size > 0
+    )
 
 
 @pytest.mark.slow

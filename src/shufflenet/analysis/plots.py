@@ -24,6 +24,7 @@ __all__ = [
     "plot_filter_groups",
     "plot_bars",
     "plot_share_controls",
+    "plot_gap_vs_groups",
 ]
 
 
@@ -246,4 +247,41 @@ def plot_share_controls(
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, loc="upper right")
+    return save_figure(fig, path)
+
+
+def plot_gap_vs_groups(
+    ours: dict[str, dict[int, tuple[tuple[float, float | None], Sequence[float]]]],
+    published: dict[str, dict[int, float]],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> Path:
+    """Error gap (points) against the number of groups: per series of ours ``{g: ((mean, se), per-seed
+    values)}`` a line with standard-error bars and the single seeds as dots; per published series ``{g: gap}``
+    open squares. A dotted line marks 0 (no effect)."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), constrained_layout=True)
+    ax.axhline(0.0, color="black", lw=0.8, ls=":")
+    for i, (name, by_g) in enumerate(ours.items()):
+        gs = sorted(by_g)
+        means = [by_g[g][0][0] for g in gs]
+        ses = [by_g[g][0][1] or 0.0 for g in gs]
+        colour = f"C{i}"
+        ax.errorbar(gs, means, yerr=ses, marker="o", capsize=3, color=colour, label=f"ours {name}")
+        for g in gs:
+            seeds = list(by_g[g][1])
+            ax.scatter([g] * len(seeds), seeds, s=10, color=colour, alpha=0.4, zorder=3)
+    for i, (name, by_g) in enumerate(published.items()):
+        if by_g:
+            gs = sorted(by_g)
+            ax.plot(
+                gs, [by_g[g] for g in gs], "s", mfc="none", color=f"C{i + len(ours)}", label=name
+            )
+    all_g = sorted({g for by_g in ours.values() for g in by_g})
+    ax.set_xticks(all_g)
+    ax.set_xlabel("groups g", fontsize=8)
+    ax.set_ylabel("error without - with shuffle (points)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)
