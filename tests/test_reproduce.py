@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -151,6 +153,43 @@ def test_alexnet_groups_smoke_on_builtin_digits(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "single-channel" in report  # no colour measure for grey digits
     assert (out / "conv1_filters.png").stat().st_size > 0
+
+
+def _write_rgb_cifar(root, n_train: int, n_test: int) -> None:
+    """A CIFAR-10 directory of random RGB images in the official python layout."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    per = -(-n_train // 5)
+    for b in range(5):
+        flat = rng.integers(0, 256, (per, 3072)).astype(np.uint8)
+        batch = {b"labels": [i % 10 for i in range(per)], b"data": flat}
+        (d / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch))
+    flat = rng.integers(0, 256, (n_test, 3072)).astype(np.uint8)
+    (d / "test_batch").write_bytes(
+        pickle.dumps({b"labels": [i % 10 for i in range(n_test)], b"data": flat})
+    )
+    names = [f"class{i}".encode() for i in range(10)]
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+
+
+@pytest.mark.slow
+def test_alexnet_groups_colour_spread_over_filters(tmp_path) -> None:
+    _write_rgb_cifar(tmp_path / "data", 20, 10)
+    out = tmp_path / "a"
+    args = ["alexnet-groups", "--data", str(tmp_path / "data"), "--budget", "smoke", "--epochs", "1",
+            "--image-size", "63", "--batch-size", "10", "--threads", "1", "--no-progress"]  # fmt: skip
+    assert cli.main([*args, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "conv1_colour.csv").open()))
+    record = json.loads((out / "results.json").read_text())["filters"]
+    for label, column in (("trained", "colour_trained"), ("at initialisation", "colour_init")):
+        for k, group in enumerate(record[label]["per_group"]):
+            values = [float(r[column]) for r in rows if int(r["group"]) == k]
+            assert len(values) == 48
+            assert group["mean"] == pytest.approx(np.mean(values), rel=1e-6)
+            assert group["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-5)
+            assert group["q25"] == pytest.approx(np.percentile(values, 25), rel=1e-5)
+    assert "mean ± sd (quartiles)" in (out / "report.md").read_text()
 
 
 def _tiny_model():

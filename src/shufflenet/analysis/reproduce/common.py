@@ -59,7 +59,7 @@ BUDGETS: dict[str, dict[str, int | float | None]] = {
         "subset": 5000, "test_subset": 2000, "epochs": 4, "corr_images": 1000, "warmup": 0.1,
     },
     "one-cycle": {
-        "subset": None, "test_subset": None, "epochs": 4, "corr_images": 1000, "warmup": 0.3,
+        "subset": None, "test_subset": None, "epochs": 3, "corr_images": 500, "warmup": 0.3,
     },
     "full": {
         "subset": None, "test_subset": None, "epochs": 100, "corr_images": 10000, "warmup": 0.1,
