@@ -109,6 +109,7 @@ def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "| root-4 |" in report and "92.02" in report  # published accuracy beside ours
     assert "learned excess" in report and "| root-4 untrained |" in report
+    assert "load average at the end (1 / 5 / 15 min)" in report
     for fig in ("correlation_panels.png", "correlation_shares.png", "accuracy.png"):
         assert (out / fig).stat().st_size < 300_000
     model, info = load_model(out / "checkpoints" / "nin_root4.safetensors")

@@ -214,8 +214,21 @@ def provenance(opts: ReproduceOptions, seconds: float, extra: Sequence[str] = ()
         f"{opts.test_subset or 'all'} test images, {opts.epochs} epoch(s), batch {opts.batch_size}, "
         f"peak learning rate {opts.peak_lr} per 64 images, seed {opts.seed}",
         f"wall time: {seconds / 60:.1f} min",
+        _load_line(),
     ]
     return items + list(extra)
+
+
+def _load_line() -> str:
+    """The machine's load averages when the report is written (other jobs slow a run down)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:  # not available on this platform
+        return "load average: not available"
+    return (
+        f"load average at the end (1 / 5 / 15 min): {one:.1f} / {five:.1f} / {fifteen:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
 
 
 def load_splits(opts: ReproduceOptions) -> tuple[Dataset, Dataset]:
