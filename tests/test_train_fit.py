@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from shufflenet import load_model, profile
+from shufflenet.distributed import init_distributed
 from shufflenet.train import RECIPES, TrainConfig, fit, resolve
-from shufflenet.train.distributed import init_distributed
 from shufflenet.train.run import Trainer
 
 # A 10k-parameter ShuffleNet on 16x16 digits: one unit per stage.

@@ -49,6 +49,16 @@ def test_switching_optimizer_brings_its_defaults():
         ({"schedule": "step"}, "schedule='step'"),
         ({"epochs": 0}, "epochs=0"),
         ({"hflip": 2.0}, "hflip=2.0"),
+        ({"threads": -2}, "threads=-2 must be a positive integer"),
+        ({"threads": 0}, "threads=0 must be a positive integer"),
+        ({"image_size": 0}, "image_size=0 must be a whole number of pixels from 1 to 4096"),
+        ({"image_size": 100000}, "image_size=100000 must be a whole number"),
+        ({"in_chans": 2}, "in_chans=2 must be 1"),
+        ({"model_kwargs": {"in_chans": 3}}, "set by in_chans"),
+        ({"val_fraction": 1.0}, "val_fraction=1.0"),
+        ({"lr": 1e39}, "lr=1e[+]39 must be a positive finite number"),
+        ({"lr": float("nan")}, "lr=nan must be"),
+        ({"lr": -0.1}, "lr=-0.1 must be"),
     ],
 )
 def test_bad_options_are_clear_errors(kw, message):

@@ -122,7 +122,7 @@ def correlate_checkpoint(
     """Load a model file, stream ``max_images`` images of ``data`` through it and through untrained models of
     its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
     (default: :data:`~shufflenet.analysis.correlation_control.NIN_PAIRS` for NIN) with the learned excess."""
-    from ..checkpoint import load_model
+    from ..model_file import load_model
 
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .distributed import DistContext
+from ..distributed import DistContext
 
 __all__ = ["EpochStats", "EvalResult", "train_one_epoch", "evaluate", "recalibrate_bn"]
 

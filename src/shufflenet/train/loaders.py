@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import build_dataset, build_transform, default_spec, make_loader, set_epoch
 from ..data.spec import InputSpec
+from ..distributed import DistContext
 from .config import TrainConfig
-from .distributed import DistContext
 
 __all__ = ["RunData", "prepare_data"]
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from ..checkpoint import load_weights
+from ..distributed import DistContext
+from ..model_file import load_weights
 from .checkpoint import find_checkpoint, get_rng_state, load_shard_state, set_rng_state
 from .config import TrainConfig
-from .distributed import DistContext, load_full_weights
 from .engine import EpochStats
 from .model import RunModel
 from .optim import Optimisation
+from .parallel_mode import load_full_weights
 
 __all__ = ["RESUME_FIXED", "Progress", "training_state", "restore"]
 
@@ -80,7 +81,12 @@ def restore(
     """Load the checkpoint at ``where`` (a run directory or a checkpoint file) into the model and the
     optimisation; returns the progress it recorded and the run directory. Warns (rank 0) when a setting of
     :data:`RESUME_FIXED` differs from the saved one."""
-    model_path, _state_path, state = find_checkpoint(where)
+
+    def warn(line: str) -> None:
+        if ctx.is_main:
+            print(f"warning: {line}", file=sys.stderr)
+
+    model_path, _state_path, state = find_checkpoint(where, on_skip=warn)
     saved = state["config"]
     changed = [k for k in RESUME_FIXED if saved.get(k) != getattr(cfg, k)]
     if changed and ctx.is_main:

@@ -3,12 +3,14 @@
 Run directory (``OUTPUT/NAME/``): ``config.json`` (resolved), ``metrics.csv``/``metrics.jsonl``,
 ``curves.png``, ``confusion_matrix.png``, ``checkpoints/`` (resumable pairs), ``best.safetensors`` (best
 validation top-1), ``model.safetensors`` (final weights, after batch-norm recalibration when asked) and
-``summary.json``. Only rank 0 writes.
+``summary.json``, and ``run.lock`` (held while a process trains into the directory, see
+:mod:`.run_dir`). Only rank 0 writes.
 
 Stopping: SIGINT or SIGTERM (Ctrl-C, a scheduler's preemption) finishes the current step, writes a checkpoint
 and returns ``status="interrupted"`` (a second Ctrl-C aborts at once). A NaN or infinite loss stops before the
-step is applied, writes nothing more and returns ``status="nonfinite"``: the newest checkpoint is the last good
-state. ``stop_after_epochs`` returns ``status="stopped"`` after a checkpoint. A run resumed from any of these
+step is applied, and weights that became NaN or infinite are found at the end of the epoch; either way nothing
+more is written and ``status="nonfinite"`` is returned: the newest checkpoint is the last good state, and no
+non-finite model is ever saved as the result. ``stop_after_epochs`` returns ``status="stopped"`` after a checkpoint. A run resumed from any of these
 (``config.resume``) ends with the same weights as one never stopped, on the same machine and settings.
 
 The jobs of a run live in their own modules: the data and its loaders (:mod:`.loaders`), the model
@@ -19,11 +21,14 @@ is reported (:mod:`.report`, :mod:`.metrics`). :class:`Trainer` ties them togeth
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,16 +37,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..checkpoint import save_model
 from ..data import set_epoch
+from ..distributed import DistContext, init_distributed
+from ..model_file import save_model
 from .checkpoint import save_checkpoint, save_shard_state
 from .config import TrainConfig, resolve
-from .distributed import DistContext, full_model, init_distributed, resolve_parallel
 from .engine import EpochStats, EvalResult, evaluate, recalibrate_bn, train_one_epoch
 from .loaders import prepare_data
 from .metrics import MetricsWriter
-from .model import build_model, describe_model, prepare_model
+from .model import build_model, check_outputs, describe_model, prepare_model
 from .optim import build_optimisation
+from .parallel_mode import full_model, resolve_parallel
 from .report import (
     FitResult,
     announce_line,
@@ -51,9 +57,13 @@ from .report import (
     write_summary,
 )
 from .resume import Progress, restore, training_state
-from .run_dir import create_run_dir
+from .run_dir import RunDirLock, check_output, create_run_dir, resume_run_dir
 
-__all__ = ["FitResult", "fit", "Trainer"]
+__all__ = ["CheckpointWriteError", "FitResult", "fit", "Trainer"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written where it belongs (the message says where it went instead)."""
 
 
 def fit(
@@ -105,6 +115,27 @@ class Trainer:
     ) -> None:
         self.ctx = ctx
         self.main = ctx.is_main
+        self.lock: RunDirLock | None = None
+        if self.main:  # before any work: the output can be written, nobody trains into this run
+            if cfg.resume:
+                if resume_run_dir(cfg.resume).is_dir():
+                    self.lock = RunDirLock(resume_run_dir(cfg.resume))
+            else:
+                check_output(cfg.output)
+        try:
+            self._setup(cfg, train_set, val_set, model)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(
+        self,
+        cfg: TrainConfig,
+        train_set: Dataset | None,
+        val_set: Dataset | None,
+        model: nn.Module | None,
+    ) -> None:
+        ctx = self.ctx
         if cfg.threads or ctx.local_world > 1:
             torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ctx.local_world))
         _seed_everything(cfg.seed, cfg.deterministic)
@@ -117,6 +148,7 @@ class Trainer:
             model, small_input = build_model(cfg, len(self.classes), self.spec.in_chans, small)
             cfg = cfg.replace(small_input=small_input)
         else:
+            check_outputs(model, len(self.classes))
             cfg = describe_model(cfg, model)
         self.cfg = cfg
         self.net = prepare_model(cfg, model, self.spec, self.mode, ctx)
@@ -127,9 +159,16 @@ class Trainer:
             )
         else:
             self.progress, self.run_dir = Progress(), create_run_dir(cfg, ctx)
+        if self.main and self.lock is None:
+            self.lock = RunDirLock(self.run_dir)
         self.last_eval: EvalResult | None = None
         self._stop = threading.Event()
         self.metrics = MetricsWriter(self.run_dir, cfg.tensorboard) if self.main else None
+
+    def close(self) -> None:
+        """Release the run directory (also done at the end of :meth:`run`)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ----------------------------------------------------------------- files
     def _log(self, msg: str) -> None:
@@ -163,15 +202,49 @@ class Trainer:
             state = self.optim.optimizer.state_dict()
             save_shard_state(directory, p.epoch, p.step, self.ctx.rank, state)
             torch.distributed.barrier()  # every shard is on disk before the pair that names them
-        if self.main:
-            p.last_checkpoint = save_checkpoint(
-                directory,
-                model,
-                training_state(self.cfg, p, self.optim, self.mode, self.ctx),
-                input_spec=self.spec,
-                class_names=self.classes,
-                keep=self.cfg.keep_checkpoints,
+        if not self.main:
+            return
+        state = training_state(self.cfg, p, self.optim, self.mode, self.ctx)
+        save = functools.partial(
+            save_checkpoint,
+            model=model,
+            state=state,
+            input_spec=self.spec,
+            class_names=self.classes,
+            keep=self.cfg.keep_checkpoints,
+        )
+        try:
+            p.last_checkpoint = save(directory)
+        except OSError as e:
+            raise self._rescue(save, directory, e) from None
+
+    def _rescue(self, save: Callable[[Path], Path], directory: Path, error: OSError) -> Exception:
+        """The error to raise when ``directory`` cannot take a checkpoint, after saving it elsewhere."""
+        reason = (
+            "it is not a directory"
+            if directory.exists() and not directory.is_dir()
+            else f"{error.strerror or error}"
+        )
+        message = f"cannot write a checkpoint into {str(directory)!r}: {reason}"
+        try:
+            rescued = save(self.run_dir / "rescued-checkpoints")
+        except OSError as e:
+            return CheckpointWriteError(
+                f"{message}; saving it elsewhere failed too ({e.strerror or e}): this epoch is lost"
             )
+        return CheckpointWriteError(
+            f"{message}; this epoch's checkpoint was saved as {str(rescued)!r}: repair "
+            f"{str(directory)!r}, then continue with --resume {rescued}"
+        )
+
+    def _weights_finite(self) -> bool:
+        """Whether every floating-point weight and statistic is finite, on every rank."""
+        tensors = self.net.model.state_dict().values()
+        bad = any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors)
+        flag = torch.tensor([float(bad)], device=self.ctx.device)
+        if self.ctx.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return not flag.item()
 
     # ----------------------------------------------------------------- loop
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -254,6 +327,13 @@ class Trainer:
         cfg, p, epochs_run = self.cfg, self.progress, 0
         while p.epoch < cfg.epochs:
             outcome = self._train_epoch()
+            if outcome != "nonfinite" and not self._weights_finite():
+                self._log(
+                    f"stopped: the weights became NaN or infinite in epoch {p.epoch + 1} (by step "
+                    f"{p.step}); nothing of this epoch was saved, the last good checkpoint is "
+                    f"{p.last_checkpoint or 'none was written'}. Lower --lr or check the data."
+                )
+                return "nonfinite"
             if outcome == "nonfinite":
                 where = p.last_checkpoint or "none was written"
                 self._log(
@@ -287,6 +367,12 @@ class Trainer:
             loader = self.data.recalibration_loader(cfg.epochs)
             used = recalibrate_bn(self.net.eval_model, loader, cfg.bn_recalibrate_batches, self.ctx)
             self._log(f"batch-norm statistics recalibrated on {used} training batches")
+            if not self._weights_finite():
+                self._log(
+                    "stopped: batch-norm recalibration gave NaN or infinite statistics; the final "
+                    f"model was not saved, the last checkpoint is {p.last_checkpoint}"
+                )
+                return self._result("nonfinite")
         # the last epoch's evaluation is that of the final model unless the statistics changed since
         result = self.last_eval if ran and not cfg.bn_recalibrate else self.evaluate()
         final = {**result.to_dict(), "epochs": p.epoch, "bn_recalibrated": bool(cfg.bn_recalibrate)}
@@ -341,10 +427,13 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         try:
-            status = self._loop()
+            try:
+                status = self._loop()
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+                if self.metrics is not None:
+                    self.metrics.close()
+            return self._finish() if status == "completed" else self._result(status)
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            if self.metrics is not None:
-                self.metrics.close()
-        return self._finish() if status == "completed" else self._result(status)
+            self.close()

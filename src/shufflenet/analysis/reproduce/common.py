@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...checkpoint import save_model
 from ...data.subsets import dataset_split
+from ...model_file import save_model
 from ...train import TrainConfig, fit
 from ...utils.atomic import atomic_write
 

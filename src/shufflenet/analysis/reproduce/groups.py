@@ -19,8 +19,8 @@ import torch
 from ...complexity import profile
 from ...data import Subset, build_transform, default_spec, make_loader
 from ...data.subsets import balanced_subset
+from ...distributed import DistContext
 from ...models import create_model
-from ...train.distributed import DistContext
 from ...train.engine import evaluate
 from .. import published as pub
 from ..correlation_control import NIN_PAIRS
