@@ -16,39 +16,27 @@ from torch import nn
 
 from ..data import build_transform, make_loader
 from ..data.subsets import dataset_split
+from ..model_file import load_model
 from .correlation import LayerCorrelation
 from .correlation_control import ControlledCorrelation, controlled_correlation, default_pairs
 from .filters import FilterGroups, filter_groups
 from .flow import chain_layers, gconv_stack, measured_flow, structural_flow
 from .layers import find_module, first_conv
 from .outputs import write_csv, write_json, write_matrix_csv
+from .plots import (
+    plot_correlation_panels,
+    plot_filter_groups,
+    plot_flow_panels,
+    plot_share_controls,
+)
 
 __all__ = [
     "correlate_checkpoint",
-    "write_correlation",
     "write_controlled_correlation",
     "flow_report",
     "gconv_stack_flow",
     "filters_report",
 ]
-
-
-def write_correlation(
-    result: LayerCorrelation, out_dir: str | os.PathLike[str], title: str, config: dict[str, Any]
-) -> dict[str, Path]:
-    """``correlation.png`` (heat map), ``correlation.json`` (numbers + config), ``correlation.csv`` (matrix)."""
-    from .plots import plot_correlation_panels
-
-    out = Path(out_dir)
-    return {
-        "figure": plot_correlation_panels([(title, result)], out / "correlation.png"),
-        "json": write_json(
-            out / "correlation.json", {"config": config, "result": result.to_dict()}
-        ),
-        "matrix": write_matrix_csv(
-            out / "correlation.csv", result.matrix, row_label=result.layer_a
-        ),
-    }
 
 
 def _pair_tag(r: ControlledCorrelation) -> str:
@@ -64,8 +52,6 @@ def write_controlled_correlation(
     """``correlation.png`` (heat maps: each pair trained and untrained with the first init seed),
     ``shares.png`` (in-block share trained / untrained / chance per pair, when a pair has groups and there is
     a control), ``correlation.json`` (numbers + config) and ``correlation_A-B.csv`` (each trained matrix)."""
-    from .plots import plot_correlation_panels, plot_share_controls
-
     out = Path(out_dir)
     panels: list[tuple[str, LayerCorrelation]] = []
     for r in results:
@@ -122,8 +108,6 @@ def correlate_checkpoint(
     """Load a model file, stream ``max_images`` images of ``data`` through it and through untrained models of
     its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
     (default: :data:`~shufflenet.analysis.correlation_control.NIN_PAIRS` for NIN) with the learned excess."""
-    from ..model_file import load_model
-
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
     model, info = load_model(checkpoint, map_location=device)
@@ -205,8 +189,6 @@ def flow_report(
 ) -> dict[str, Path]:
     """Flow heat maps: of the pointwise-group-conv stack (``model=None``: with and without shuffle, after
     each layer), or of ``model``'s submodule ``module_name`` (measured; structural too when it is a chain)."""
-    from .plots import plot_flow_panels
-
     out = Path(out_dir)
     panels: list[tuple[str, np.ndarray]] = []
     record: dict[str, Any] = {}
@@ -261,8 +243,6 @@ def filters_report(
     config: dict[str, Any] | None = None,
 ) -> tuple[FilterGroups, dict[str, Path]]:
     """``filters.png`` (grid by group), ``filters.json`` (per-group colour), ``filters.csv`` (per filter)."""
-    from .plots import plot_filter_groups
-
     fg = filter_groups(model, layer, groups)
     out = Path(out_dir)
     rows = []

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .layers import capture_outputs, find_module, first_conv
 
@@ -361,8 +362,6 @@ def stream_pair_moments(
     images = 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=max_images, unit="img", desc="correlation")
     with contextlib.ExitStack() as stack:
         outs = {k: stack.enter_context(capture_outputs(m, layers)) for k, m in models.items()}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models import create_model
 from ..ops.validate import check_positive_int
 from .correlation import (
     CrossMoments,
@@ -81,8 +82,6 @@ def untrained_factory(model: nn.Module) -> Callable[[int], nn.Module]:
             f"cannot rebuild an untrained {type(model).__name__}: it has no model_cfg (build it with "
             "shufflenet.create_model or load it from a model file)"
         )
-    from ..models import create_model
-
     arch, kwargs = cfg["arch"], dict(cfg.get("kwargs", {}))
 
     def make(seed: int) -> nn.Module:
