@@ -15,12 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_interop_megvii import RELEASE, megvii_state
 from test_interop_megvii import reference_forward as megvii_forward
+from test_shufflenet_v2 import TORCHVISION, random_state, torchvision_layout
 
 from shufflenet import InputSpec, create_model, load_model, read_info, resolve_model, save_model
 from shufflenet.cli import evaluate, predict, train
 from shufflenet.distributed import init_distributed
 from shufflenet.train import TrainConfig, Trainer, fit, resolve
 from shufflenet.train.checkpoint import resume_config
+from shufflenet.train.config import DEFAULT_MODEL
 from shufflenet.train.finetune import BackboneFreezer, read_init
 
 ARCH = "shufflenet_v1_g3_x0_25"
@@ -149,6 +151,24 @@ def test_megvii_release_table_head_and_frozen_backbone(megvii_file, folder, tmp_
     assert (config["init"], config["freeze_epochs"], config["backbone_lr_mult"]) == (
         str(path), 1, 0.1,
     )  # fmt: skip
+
+
+def test_torchvision_checkpoint_frozen_backbone_unchanged(folder, tmp_path):
+    state = random_state(torchvision_layout(TORCHVISION["shufflenet_v2_x0_5"][0]), seed=6)
+    path = tmp_path / "shufflenetv2_x0.5.pth"
+    torch.save(state, path)
+    release = resolve_model(path)
+    cfg = tiny(tmp_path, folder, model=DEFAULT_MODEL, model_kwargs={}, init=str(path))
+    result = fit(cfg.replace(image_size=32, epochs=1, freeze_epochs=1, max_steps=2, name="tv"))
+    info = read_info(result.model_path)
+    assert info.arch == "shufflenet_v2_x0_5" and info.class_names == CLASSES
+    assert info.input_spec == dataclasses.replace(
+        release.input_spec, image_size=32, resize_size=None
+    )
+    trained = load_file(result.model_path)
+    assert trained["fc.weight"].shape == (3, release.model.fc.weight.shape[1])
+    for k, v in _backbone(release.model.state_dict()).items():
+        assert torch.equal(trained[k], v), k
 
 
 def test_frozen_phase_bitwise_then_thawed_and_resume_exact(source, folder, tmp_path):
