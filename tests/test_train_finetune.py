@@ -285,6 +285,18 @@ def test_strict_off_loads_what_fits(tmp_path, folder):
         src.build(3, strict=True)
 
 
+def test_classifier_kept_only_for_the_same_classes(tmp_path):
+    model = _randomized(3, num_classes=3)
+    path = save_model(tmp_path / "abc.safetensors", model, class_names=CLASSES)
+    src = read_init(TrainConfig(init=str(path)))
+    same, report = src.build(3, strict=True, class_names=CLASSES)
+    assert report.reinitialised == () and torch.equal(same.fc.weight, model.fc.weight)
+    other, report = src.build(3, strict=True, class_names=["dog", "emu", "fox"])
+    assert report.reinitialised == ("fc.weight", "fc.bias") == report.ignored
+    assert not torch.equal(other.fc.weight, model.fc.weight)
+    assert torch.equal(other.stem.conv.weight, model.stem.conv.weight)
+
+
 def _fails_cleanly(argv, out, capsys, *needles, one_line=True):
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip()

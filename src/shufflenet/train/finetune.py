@@ -5,8 +5,9 @@ The starting weights are anything :func:`shufflenet.resolve_model` reads: a shuf
 v1 or torchvision v2 checkpoint (converted in memory), or a plain state dict of ``TrainConfig.model``; a
 registered name has no weights and is an error. The run's model is the file's architecture with one output
 per class of the new data; every tensor whose name and shape match is loaded (:func:`shufflenet.load_matching`),
-the classifier is re-initialised when the number of classes differs, and a tensor outside the classifier that
-does not fit is an error unless ``init_strict="off"``. The file's input convention (channel order, pixel scale,
+the classifier is re-initialised when the number of classes differs (or when the file names its classes and
+the data's names differ), and a tensor outside the classifier that does not fit is an error unless
+``init_strict="off"``. The file's input convention (channel order, pixel scale,
 normalisation; e.g. BGR 0-255 for Megvii's release) is kept: the run trains and evaluates with it and stores it
 in its model files, so that ``evaluate``, ``predict`` and ``export`` use it too. Class names come from the data.
 
@@ -79,17 +80,31 @@ class InitSource:
     spec: InputSpec | None
     tensors: dict[str, torch.Tensor]
     notes: tuple[str, ...]
+    class_names: list[str] | None = None
 
-    def build(self, num_classes: int, strict: bool) -> tuple[nn.Module, LoadReport]:
-        """The architecture with ``num_classes`` outputs and every matching tensor loaded (training mode)."""
+    def build(
+        self, num_classes: int, strict: bool, class_names: list[str] | None = None
+    ) -> tuple[nn.Module, LoadReport]:
+        """The architecture with ``num_classes`` outputs and every matching tensor loaded (training mode).
+
+        The classifier is re-initialised when the number of classes differs, and also when both the file and
+        ``class_names`` name the classes and the names differ (other classes, or another order)."""
         kwargs = {**self.arch_kwargs, "num_classes": num_classes}
         model = create_model(self.arch, **kwargs)
+        tensors, dropped = self.tensors, ()
+        named = self.class_names is not None and class_names is not None
+        if named and list(self.class_names) != list(class_names):
+            head = classifier_keys(model)
+            dropped = tuple(k for k in tensors if k in head)
+            tensors = {k: v for k, v in tensors.items() if k not in head}
         try:
-            report = load_matching(model, self.tensors, strict=strict)
+            report = load_matching(model, tensors, strict=strict)
         except ValueError as e:
             hint = "pass strict=False to load only the matching tensors"
             text = str(e).replace(hint, "--init-strict off loads only the matching tensors")
             raise ValueError(f"init={str(self.path)!r}: {text}") from None
+        if dropped:
+            report = LoadReport(report.loaded, report.reinitialised, report.ignored + dropped)
         return model.train(), report
 
 
@@ -148,6 +163,7 @@ def _from_resolved(resolved: ResolvedModel, path: Path) -> InitSource:
         resolved.input_spec,
         resolved.model.state_dict(),
         resolved.notes,
+        resolved.class_names,
     )
 
 

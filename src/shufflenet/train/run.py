@@ -147,7 +147,7 @@ class Trainer:
         cfg, self.data = prepare_data(cfg, ctx, train_set, val_set, spec)
         self.classes, self.spec = self.data.classes, self.data.spec
         if init is not None:
-            model, report = init.build(len(self.classes), cfg.init_strict == "on")
+            model, report = init.build(len(self.classes), cfg.init_strict == "on", self.classes)
             cfg = describe_model(cfg, model)
             if not cfg.resume:
                 self._log(f"initial weights: {init.path} ({init.source})")
