@@ -83,6 +83,7 @@ def test_smoke_end_to_end_and_reuse(cifar, tmp_path):
     report = (out / "report.md").read_text()
     assert "difference (paired per seed)" in report and "| seed1 |" in report
     assert json.loads((out / "config.json").read_text())["experiment"] == "finetune"
+    assert "![" in report and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     pretrained = out / "checkpoints" / "pretrained.safetensors"
     info = read_info(pretrained)
     assert info.arch == "shufflenet_v1_g3_x0_5" and info.class_names == NAMES[:5]

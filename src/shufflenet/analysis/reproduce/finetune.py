@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
@@ -40,6 +42,7 @@ from ...model_file import save_model
 from ...models import create_model
 from ...train import FitResult, TrainConfig, evaluate, fit
 from ..outputs import write_json
+from ..plots import save_figure
 from .common import (
     Markdown,
     TrainingExperiment,
@@ -292,6 +295,26 @@ def _summarise(results: dict[str, dict[str, dict]]) -> dict:
     }
 
 
+def plot_curves(results: dict[str, dict[str, dict]], freeze_epochs: int, path: Path) -> Path:
+    """Monitored test top-1 (%) after each epoch: fine-tuned (solid) and from scratch (dashed), one line per
+    seed; a dotted line where the fine-tuned backbone thaws."""
+    fig = Figure(figsize=(5.0, 3.4), constrained_layout=True)
+    ax = fig.subplots()
+    for i, (key, r) in enumerate(results.items()):
+        for kind, style in (("finetune", "-"), ("scratch", "--")):
+            curve = [100 * a for a in r[kind]["curve"]]
+            label = f"{'fine-tuned' if kind == 'finetune' else 'scratch'}, {key}"
+            ax.plot(range(1, len(curve) + 1), curve, style, color=f"C{i}", marker=".", label=label)
+    if freeze_epochs:
+        ax.axvline(freeze_epochs + 0.5, color="black", lw=0.8, ls=":")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("monitored test top-1 (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
 def _fmt(ms: tuple[float, float | None], sign: str = "") -> str:
     m, se = ms
     return f"{m:{sign}.2f}" + ("" if se is None else f" ± {se:.2f}")
@@ -341,6 +364,17 @@ def _write_report(
         f"of about {se:.1f} points."
     )
     md.p(verdict)
+    fig = plot_curves(results, opts.freeze_epochs, opts.out / "curves.png")
+    md.figure(
+        fig.name,
+        f"test top-1 on the {opts.monitor} monitored test images per class after each epoch; solid: "
+        "fine-tuned, dashed: from scratch, one colour per seed"
+        + (
+            f"; dotted: the backbone thaws after epoch {opts.freeze_epochs}"
+            if opts.freeze_epochs
+            else ""
+        ),
+    )
     if "reused" in pre:
         md.p(f"Pretrained weights reused from `{pre['reused']}`.")
     else:
