@@ -197,7 +197,8 @@ def test_backbone_learning_rate_ratio(source, folder, tmp_path):
     assert resolve(TrainConfig(init=str(path))).backbone_lr_mult == 0.1
     assert resolve(TrainConfig()).backbone_lr_mult == 1.0
     cfg = resolve(tiny(tmp_path, folder, init=str(path), lr=0.02, backbone_lr_mult=0.25, epochs=1))
-    trainer = Trainer(cfg, init_distributed("cpu"))
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    trainer = Trainer(cfg, init_distributed("cpu"))  # sets process-wide state that fit() restores
     try:
         model = trainer.net.plain
         head = {id(model.fc.weight), id(model.fc.bias)}
@@ -212,6 +213,8 @@ def test_backbone_learning_rate_ratio(source, folder, tmp_path):
         assert trainer.optim.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.02)
     finally:
         trainer.close()
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def test_freezer_keeps_batch_norm_in_eval_mode():

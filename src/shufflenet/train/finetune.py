@@ -7,9 +7,10 @@ registered name has no weights and is an error. The run's model is the file's ar
 per class of the new data; every tensor whose name and shape match is loaded (:func:`shufflenet.load_matching`),
 the classifier is re-initialised when the number of classes differs (or when the file names its classes and
 the data's names differ), and a tensor outside the classifier that does not fit is an error unless
-``init_strict="off"``. The file's input convention (channel order, pixel scale,
-normalisation; e.g. BGR 0-255 for Megvii's release) is kept: the run trains and evaluates with it and stores it
-in its model files, so that ``evaluate``, ``predict`` and ``export`` use it too. Class names come from the data.
+``init_strict="off"``. A ``model`` other than the default must be the file's architecture. The file's input
+convention (channel order, pixel scale, normalisation; e.g. BGR 0-255 for Megvii's release) is kept: the run
+trains and evaluates with it and stores it in its model files, so that ``evaluate``, ``predict`` and
+``export`` use it too; ``image_size`` may change its size. Class names come from the data.
 
 The *backbone* is everything but the classifier (the last module with parameters of its own, see
 :func:`classifier_keys`). While it is frozen its parameters get no gradient (the optimiser leaves them, and
