@@ -6,8 +6,11 @@ its command runs, so ``shufflenet --help`` is fast.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+
+from .. import __version__
 
 __all__ = ["COMMANDS", "main"]
 
@@ -57,14 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from .. import __version__
-
         print(f"shufflenet {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(command, COMMANDS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         print(f"shufflenet: unknown command {command!r}{hint}\n\n{_usage()}", file=sys.stderr)
