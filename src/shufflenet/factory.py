@@ -74,6 +74,8 @@ class ResolvedModel:
         source: one of :data:`SOURCES`.
         path: the file it was read from (``None`` for a registry name).
         notes: one-line notes for the user (a conversion, a re-initialised classifier, ...).
+        extra: what the file records besides (a model file's ``extra``: training data, epoch, the source of
+            a conversion, ...).
     """
 
     model: nn.Module
@@ -84,6 +86,7 @@ class ResolvedModel:
     source: str
     path: Path | None
     notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +192,9 @@ def _read_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | Non
         raise ValueError(f"{str(path)!r} is not a file")
     with open(path, "rb") as f:
         head = f.read(9)
-    # safetensors: an 8-byte little-endian header length, then the JSON header
-    if len(head) == 9 and head[8:9] == b"{":
+    # safetensors: an 8-byte little-endian header length, then the JSON header (the suffix only decides
+    # which reader's error a damaged file gets)
+    if (len(head) == 9 and head[8:9] == b"{") or path.suffix.lower() == ".safetensors":
         return read_safetensors(path)
     return load_torch_state_dict(path), None
 
@@ -340,7 +344,15 @@ def resolve_model(
         if in_chans is not None and in_chans != spec_.in_chans:
             spec_ = _spec(in_chans, like=spec_)
         return ResolvedModel(
-            model.eval(), info.arch, kwargs, spec_, class_names, "shufflenet", path, tuple(notes)
+            model.eval(),
+            info.arch,
+            kwargs,
+            spec_,
+            class_names,
+            "shufflenet",
+            path,
+            tuple(notes),
+            dict(info.extra),
         )
     release = detect_release(tensors)
     if release is not None:
@@ -357,7 +369,15 @@ def resolve_model(
         if in_chans is not None and in_chans != spec_.in_chans:
             spec_ = _spec(in_chans, like=spec_)
         return ResolvedModel(
-            model.eval(), cfg["arch"], kwargs, spec_, None, release, path, tuple(notes)
+            model.eval(),
+            cfg["arch"],
+            kwargs,
+            spec_,
+            None,
+            release,
+            path,
+            tuple(notes),
+            dict(converted.extra),
         )
     if arch is None:
         raise ValueError(

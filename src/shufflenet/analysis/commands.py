@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..factory import resolve_model
 from .correlation import LayerCorrelation, layer_correlation
 from .filters import FilterGroups, filter_groups
 from .flow import chain_layers, gconv_stack, measured_flow, structural_flow
@@ -60,24 +61,25 @@ def correlate_checkpoint(
     device: str = "cpu",
     progress: bool = False,
 ) -> tuple[LayerCorrelation, dict[str, Path]]:
-    """Load a model file, stream ``max_images`` images of ``data`` through it and write the correlation of
-    ``layers[0]`` and ``layers[1]``."""
-    from ..model_file import load_model
+    """Load a model (``checkpoint``: anything :func:`shufflenet.factory.resolve_model` takes), stream
+    ``max_images`` images of ``data`` through it and write the correlation of ``layers[0]`` and
+    ``layers[1]``."""
     from .data import dataset_split, loader_for
 
     if len(layers) != 2:
         raise ValueError(f"give exactly two layers, got {list(layers)}")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
-    model, info = load_model(checkpoint, map_location=device)
+    resolved = resolve_model(checkpoint)
+    model, arch, spec = resolved.model.to(device), resolved.name, resolved.input_spec
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = loader_for(ds, info.input_spec, train=False, batch_size=batch_size)
+    loader = loader_for(ds, spec, train=False, batch_size=batch_size)
     result = layer_correlation(
         model, loader, layers[0], layers[1], groups, max_images, eps, device, progress
     )
     config = {
         "checkpoint": str(checkpoint),
-        "arch": info.arch,
+        "arch": arch,
         "data": str(data),
         "split": split,
         "max_images": max_images,
@@ -85,7 +87,7 @@ def correlate_checkpoint(
         "groups": groups,
         "eps": eps,
     }
-    return result, write_correlation(result, out_dir, f"{info.arch}", config)
+    return result, write_correlation(result, out_dir, arch, config)
 
 
 def gconv_stack_flow(channels: int, groups: int, depth: int, shuffle: bool) -> list[dict[str, Any]]:

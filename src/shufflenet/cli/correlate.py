@@ -1,4 +1,4 @@
-"""``shufflenet correlate CHECKPOINT --data PATH --layers A B``: Deep Roots inter-layer correlation.
+"""``shufflenet correlate MODEL --data PATH --layers A B``: Deep Roots inter-layer correlation.
 
 Writes ``correlation.png`` (heat map of the whitened cross-covariance, group boundaries in red),
 ``correlation.json`` (block-diagonality score and configuration) and ``correlation.csv`` (the matrix).
@@ -10,17 +10,21 @@ import argparse
 import sys
 
 from ..analysis.commands import correlate_checkpoint
+from .common import MODEL_HELP, bounded_int, check_output_dir
+from .main import command
+
+PROG = "shufflenet correlate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet correlate",
+        prog=PROG,
         description="Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
         "2017): every position of every image is a sample; each layer is centred and ZCA-whitened; the "
         "covariance of the two is shown with the group blocks marked and scored.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model file (.safetensors written by shufflenet)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory or 'builtin'")
     p.add_argument(
         "--layers",
@@ -31,11 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument(
-        "--max-images", type=int, default=2000, help="images streamed (class-balanced subset)"
+        "--max-images",
+        type=bounded_int("--max-images", 1, 10_000_000),
+        default=2000,
+        help="images streamed (class-balanced subset)",
     )
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=100)
     p.add_argument(
-        "--groups", type=int, default=None, help="blocks to score (default: groups of layer B)"
+        "--groups",
+        type=bounded_int("--groups", 1, 4096),
+        default=None,
+        help="blocks to score (default: groups of layer B)",
     )
     p.add_argument(
         "--eps", type=float, default=1e-3, help="ZCA regulariser, relative to the mean variance"
@@ -46,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.eps > 0:
+        raise ValueError(f"--eps {args.eps} must be a positive number")
+    check_output_dir(args.out, "--out")
     result, paths = correlate_checkpoint(
-        args.checkpoint,
+        args.model,
         args.data,
         args.layers,
         args.out,
