@@ -37,7 +37,7 @@ from torch import nn
 from .data.spec import InputSpec
 from .interop.releases import convert_release, detect_release
 from .interop.torch_files import load_torch_state_dict
-from .model_file import is_model_file, read_model_file, read_safetensors
+from .model_file import build_from_info, is_model_file, read_model_file, read_safetensors
 from .models import create_model as build_model
 from .models import get_model_factory, is_model
 
@@ -319,12 +319,7 @@ def resolve_model(
         _, info = read_model_file(path)
         _check_name(arch, info.arch, path, "a model")
         _check_kwargs(arch_kwargs, info.arch_kwargs, path)
-        try:
-            model = build_model(info.arch, **info.arch_kwargs)
-        except TypeError as e:
-            raise ValueError(
-                f"{str(path)!r} stores arch_kwargs that {info.arch} does not take: {e}"
-            ) from None
+        model = build_from_info(info, path)
         try:
             load_matching(model, tensors, strict=True)
         except ValueError as e:
