@@ -380,6 +380,14 @@ def resolve_model(
             "architecture, e.g. shufflenet.create_model(NAME, weights=PATH) or --weights with a model name"
         )
     model = build_model(arch, **given, **arch_kwargs)
+    if num_classes is None:  # the classifier's size comes from the weights
+        rows = {
+            int(tensors[k].shape[0])
+            for k in _head_keys(model)
+            if k.endswith("weight") and k in tensors and tensors[k].dim() >= 1
+        }
+        if len(rows) == 1 and rows != {getattr(model, "num_classes", None)}:
+            model = build_model(arch, num_classes=rows.pop(), **given, **arch_kwargs)
     try:
         report = load_matching(model, tensors, strict=strict)
     except ValueError as e:
