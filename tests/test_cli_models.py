@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -53,9 +54,7 @@ def test_predict_on_a_release_file_gives_the_release_answer(release, capsys):
     img = img.resize((256 * w // h, 256), Image.BILINEAR)
     left, top_px = (img.size[0] - 224) // 2, (img.size[1] - 224) // 2
     img = img.crop((left, top_px, left + 224, top_px + 224))
-    x = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32")).permute(2, 0, 1)[
-        [2, 1, 0]
-    ]
+    x = torch.from_numpy(np.asarray(img, dtype="float32")).permute(2, 0, 1)[[2, 1, 0]]
     probs = megvii_forward(state, 3, x[None])[0].softmax(1)[0]
     best = int(probs.argmax())
     assert top[0]["class"] == str(best)

@@ -8,13 +8,13 @@ import warnings
 import torch
 from torch import nn
 
-from .fold import NotSupportedError
+from .errors import NotSupportedError
 from .native import NativeModule, NativeUnavailable, get_library
 from .native.lower import _in_channels
 from .onnx import OnnxRuntimeModule, export_onnx, require_onnx
 from .optimized import optimize_torch
 
-__all__ = ["BACKENDS", "DeployedModel", "optimize", "available_backends"]
+__all__ = ["BACKENDS", "DeployedModel", "NotSupportedError", "optimize", "available_backends"]
 
 BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "native")
 

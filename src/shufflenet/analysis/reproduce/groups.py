@@ -14,10 +14,10 @@ import time
 import torch
 
 from ...complexity import profile
+from ...deploy.benchmark import interleaved_latency
 from ...models import create_model
 from .. import published as pub
 from ..correlation import block_diagonality, layer_correlation
-from ..latency import interleaved_latency
 from ..outputs import write_csv, write_json
 from ..plots import plot_bars, plot_correlation_panels
 from .common import (

@@ -29,8 +29,8 @@ from ...layers.conv_bn_act import ConvBnAct
 from ...layers.separable import DepthwiseSeparableConv2d
 from ...layers.shuffle_unit import ShuffleUnit
 from ...ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from ..errors import NotSupportedError
 from ..fold import (
-    NotSupportedError,
     fold_conv_bn,
     invert_permutation,
     relu_like,
