@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..data import build_transform, make_loader
+from ..data.subsets import dataset_split
 from ..factory import resolve_model
 from .correlation import LayerCorrelation, layer_correlation
 from .filters import FilterGroups, filter_groups
@@ -64,7 +66,6 @@ def correlate_checkpoint(
     """Load a model (``checkpoint``: anything :func:`shufflenet.factory.resolve_model` takes), stream
     ``max_images`` images of ``data`` through it and write the correlation of ``layers[0]`` and
     ``layers[1]``."""
-    from .data import dataset_split, loader_for
 
     if len(layers) != 2:
         raise ValueError(f"give exactly two layers, got {list(layers)}")
@@ -73,7 +74,7 @@ def correlate_checkpoint(
     resolved = resolve_model(checkpoint)
     model, arch, spec = resolved.model.to(device), resolved.name, resolved.input_spec
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = loader_for(ds, spec, train=False, batch_size=batch_size)
+    loader = make_loader(ds, build_transform(spec, False), batch_size, False)
     result = layer_correlation(
         model, loader, layers[0], layers[1], groups, max_images, eps, device, progress
     )
