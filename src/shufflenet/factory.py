@@ -37,7 +37,7 @@ from torch import nn
 from .data.spec import InputSpec
 from .interop.releases import convert_release, detect_release
 from .interop.torch_files import load_torch_state_dict
-from .model_file import build_from_info, is_model_file, read_model_file, read_safetensors
+from .model_file import build_from_info, is_model_file, parse_model_info, read_safetensors
 from .models import create_model as build_model
 from .models import get_model_factory, is_model
 
@@ -316,7 +316,7 @@ def resolve_model(
     tensors, meta = _read_any(path)
     notes: list[str] = []
     if meta is not None and is_model_file(meta):
-        _, info = read_model_file(path)
+        info = parse_model_info(path, meta)
         _check_name(arch, info.arch, path, "a model")
         _check_kwargs(arch_kwargs, info.arch_kwargs, path)
         model = build_from_info(info, path)

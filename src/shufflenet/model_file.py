@@ -37,6 +37,7 @@ __all__ = [
     "is_model_file",
     "load_model",
     "load_weights",
+    "parse_model_info",
     "read_info",
     "read_model_file",
     "read_safetensors",
@@ -118,7 +119,7 @@ def read_safetensors(
 def read_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Parse the metadata of a model file written by :func:`save_model`."""
     _, meta = read_safetensors(path)
-    return _info_from_metadata(path, meta)
+    return parse_model_info(path, meta)
 
 
 def is_model_file(metadata: dict[str, str]) -> bool:
@@ -129,7 +130,7 @@ def is_model_file(metadata: dict[str, str]) -> bool:
 def read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     """The tensors and the parsed metadata of a model file written by :func:`save_model`."""
     tensors, meta = read_safetensors(path)
-    return tensors, _info_from_metadata(path, meta)
+    return tensors, parse_model_info(path, meta)
 
 
 #: bounds on what a model file may ask to build (a damaged or hostile file must not allocate terabytes)
@@ -137,7 +138,7 @@ MAX_NUM_CLASSES = 100_000
 MAX_IN_CHANS = 4
 
 
-def _info_from_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
+def parse_model_info(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
     """Parse and check the metadata: every problem is one :class:`ValueError` naming the file and the key."""
     where = repr(str(path))
     if meta.get("format") != FORMAT:
