@@ -8,9 +8,9 @@ import warnings
 import torch
 from torch import nn
 
+from ..models import in_channels
 from .errors import NotSupportedError
 from .native import NativeModule, NativeUnavailable, get_library
-from .native.lower import _in_channels
 from .onnx import OnnxRuntimeModule, export_onnx, require_onnx
 from .optimized import optimize_torch
 
@@ -89,8 +89,8 @@ def available_backends() -> dict[str, str | None]:
 def _example(model: nn.Module, input_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     try:
-        c = _in_channels(model)
-    except NotSupportedError:
+        c = in_channels(model)
+    except ValueError:
         c = 3
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.randn(batch, c, h, w, device=dev)
