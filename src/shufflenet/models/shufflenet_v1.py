@@ -32,6 +32,7 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
 from ._features import feature_info
+from ._head import PooledLinearClassifier
 from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
@@ -76,7 +77,7 @@ def shufflenet_v1_channels(
     return stem, (c2, 2 * c2, 4 * c2)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(PooledLinearClassifier):
     """ShuffleNet v1. (N, in_chans, H, W) -> logits (N, num_classes).
 
     Args:
@@ -160,16 +161,13 @@ class ShuffleNetV1(nn.Module):
                 in_ch = out_ch
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
-        self.num_features = in_ch
         # stem and max pool divide by 4 (1 with small_input), every stage's first unit by 2
         first = 1 if small_input else 4
         self.feature_info = [
             feature_info(c, first * 2 ** (i + 1), f"stages.{i}")
             for i, c in enumerate(stage_channels)
         ]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
+        self._build_head(in_ch, num_classes, drop_rate, bias=classifier_bias)
         init_weights(self)
 
     def forward_features(
@@ -189,14 +187,6 @@ class ShuffleNetV1(nn.Module):
             x = stage(x)
             maps.append(x)
         return maps
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
-        x = self.head_drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _width_tag(width_mult: float) -> str:
