@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import inverse, shuffle_perm
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -17,27 +18,6 @@ from shufflenet import (
     channel_shuffle_indices,
     channel_unshuffle,
 )
-
-
-def shuffle_perm(channels: int, groups: int) -> list[int]:
-    """Input channel read by each output channel, written from the definition with two loops.
-
-    Channels are laid out as ``groups`` rows of ``n = channels / groups``; the shuffle reads them column by
-    column: first channel 0 of every group, then channel 1 of every group, ...
-    """
-    n = channels // groups
-    perm = []
-    for i in range(n):  # position inside a group
-        for j in range(groups):  # group
-            perm.append(j * n + i)
-    return perm
-
-
-def inverse(perm: list[int]) -> list[int]:
-    inv = [0] * len(perm)
-    for out_pos, src in enumerate(perm):
-        inv[src] = out_pos
-    return inv
 
 
 def by_index(x: torch.Tensor, perm: list[int]) -> torch.Tensor:
