@@ -37,7 +37,13 @@ from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
 
-__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
+__all__ = [
+    "ShuffleNetV1",
+    "shufflenet_v1_channels",
+    "shufflenet_v1_name",
+    "STAGE2_CHANNELS_1X",
+    "WIDTHS",
+]
 
 # Table 1: output channels of Stage2 at width 1x, per number of groups g.
 STAGE2_CHANNELS_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -189,17 +195,21 @@ class ShuffleNetV1(PooledLinearClassifier):
         return maps
 
 
-def _width_tag(width_mult: float) -> str:
-    """0.25 -> ``x0_25``, 0.5 -> ``x0_5``, 1.0 -> ``x1_0``, 1.5 -> ``x1_5``."""
+def shufflenet_v1_name(groups: int, width_mult: float) -> str:
+    """The registered name of ShuffleNet v1 with ``groups`` and ``width_mult``: (3, 0.25) ->
+    ``shufflenet_v1_g3_x0_25``, (8, 1.0) -> ``shufflenet_v1_g8_x1_0``, (3, 1.5) -> ``shufflenet_v1_g3_x1_5``.
+    """
     if width_mult < 1:
-        return f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
-    return f"x{width_mult:.1f}".replace(".", "_")
+        tag = f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
+    else:
+        tag = f"x{width_mult:.1f}".replace(".", "_")
+    return f"shufflenet_v1_g{groups}_{tag}"
 
 
 def _register() -> None:
     for groups in STAGE2_CHANNELS_1X:
         for width_mult in WIDTHS:
-            name = f"shufflenet_v1_g{groups}_{_width_tag(width_mult)}"
+            name = shufflenet_v1_name(groups, width_mult)
             doc = f"ShuffleNet v1 {width_mult}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
             register_model(variant(ShuffleNetV1, name, doc, groups=groups, width_mult=width_mult))
 
