@@ -19,6 +19,7 @@ from ..factory import ResolvedModel, resolve_model
 
 __all__ = [
     "MAX_INPUT_SIZE",
+    "add_int_option",
     "add_model_argument",
     "bounded_int",
     "check_output_dir",
@@ -59,6 +60,19 @@ def bounded_int(name: str, low: int, high: int):
         return value
 
     return parse
+
+
+def add_int_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    low: int,
+    high: int,
+    *,
+    default: int | None = None,
+    help: str | None = None,
+) -> None:
+    """An integer option in ``[low, high]`` (:func:`bounded_int`, its errors naming ``flag``)."""
+    parser.add_argument(flag, type=bounded_int(flag, low, high), default=default, help=help)
 
 
 def resolve_cli_model(
