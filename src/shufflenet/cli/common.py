@@ -24,6 +24,7 @@ __all__ = [
     "bounded_int",
     "check_output_dir",
     "check_output_file",
+    "command_parser",
     "resolve_cli_model",
 ]
 
@@ -62,17 +63,17 @@ def bounded_int(name: str, low: int, high: int):
     return parse
 
 
-def add_int_option(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    low: int,
-    high: int,
-    *,
-    default: int | None = None,
-    help: str | None = None,
-) -> None:
-    """An integer option in ``[low, high]`` (:func:`bounded_int`, its errors naming ``flag``)."""
-    parser.add_argument(flag, type=bounded_int(flag, low, high), default=default, help=help)
+def add_int_option(p: argparse.ArgumentParser, flag: str, low: int, high: int, **kw: Any) -> None:
+    """An integer option in ``[low, high]`` (:func:`bounded_int`, its errors naming ``flag``); ``kw``
+    (``default``, ``help``) go to ``add_argument``."""
+    p.add_argument(flag, type=bounded_int(flag, low, high), **kw)
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser, its help showing every option's default."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
 
 
 def resolve_cli_model(

@@ -16,19 +16,18 @@ import torch
 
 from ..analysis.commands import correlate_checkpoint
 from ..analysis.correlation_control import NIN_PAIRS
-from .common import MODEL_HELP, add_int_option, check_output_dir
+from .common import MODEL_HELP, add_int_option, check_output_dir, command_parser
 from .main import command
 
 PROG = "shufflenet correlate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
+    p = command_parser(
+        PROG,
+        "Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
         "2017): every position of every image is a sample; each layer is centred and ZCA-whitened; the "
         "covariance of the two is shown with the group blocks marked and scored.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory or 'builtin'")

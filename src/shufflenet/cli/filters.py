@@ -13,6 +13,7 @@ from .common import (
     add_int_option,
     add_model_argument,
     check_output_dir,
+    command_parser,
     resolve_cli_model,
 )
 from .main import command
@@ -21,11 +22,10 @@ PROG = "shufflenet filters"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="A layer's filters as an image grid split by group, with the colour fraction of each "
+    p = command_parser(
+        PROG,
+        "A layer's filters as an image grid split by group, with the colour fraction of each "
         "filter (0 = grey, 1 = purely chromatic) and its mean per group.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_argument(p, " (a name gives an untrained model)")
     p.add_argument("--layer", default="conv1", help="layer name, or convK for the K-th convolution")

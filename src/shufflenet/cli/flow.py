@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..analysis.commands import flow_report
-from .common import MODEL_HELP, add_int_option, check_output_dir, resolve_cli_model
+from .common import MODEL_HELP, add_int_option, check_output_dir, command_parser, resolve_cli_model
 from .main import command
 
 PROG = "shufflenet flow"
@@ -29,11 +29,10 @@ def _kwarg(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Heat map of output channels vs input channel groups they depend on: structural (from "
+    p = command_parser(
+        PROG,
+        "Heat map of output channels vs input channel groups they depend on: structural (from "
         "the group structure) and measured (gradient of each output channel's sum w.r.t. each input group).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="'gconv-stack', or " + MODEL_HELP)
     p.add_argument(

@@ -9,6 +9,7 @@ from .common import (
     MAX_INPUT_SIZE,
     add_int_option,
     add_model_argument,
+    command_parser,
     resolve_cli_model,
 )
 from .main import command
@@ -17,10 +18,8 @@ PROG = "shufflenet profile"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Per-layer table of parameters and multiply-adds (MACs; FLOPs = 2 x MACs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        PROG, "Per-layer table of parameters and multiply-adds (MACs; FLOPs = 2 x MACs)."
     )
     add_model_argument(p)
     add_int_option(
