@@ -1,10 +1,11 @@
-"""``shufflenet bench MODEL``: inference latency of one model on several backends, measured together.
+"""``shufflenet bench MODEL``: inference latency of one model on several backends, each in its own process.
 
-Every backend is built from the same (random or given) weights, checked against eager PyTorch, warmed up and
-then timed in interleaved rounds (one forward pass of each backend per round, in a rotating order), so that a
-change of machine load hits all backends alike. Prints median latency (and its p10-p90 spread), images/s,
-achieved GFLOP/s (2 x multiply-adds / median), the ratio of every pair of backends and the load average; writes
-the same as JSON (``--json``) and a bar chart (``--plot``).
+Every backend is built from the same (random or given) weights in a fresh worker process (so that no other
+backend's threads are alive), checked against eager PyTorch, warmed up and timed over ``--runs`` forward passes
+(:mod:`shufflenet.deploy.benchmark`). Prints median latency (and its p10-p90 spread), images/s, achieved GFLOP/s
+(2 x multiply-adds / median), the ratio of every pair of backends and the CPU time other processes used around
+each measurement: when that is above 0.2 cores the machine is reported busy and the figures are not results.
+Writes the same as JSON (``--json``) and a bar chart (``--plot``).
 
 Example::
 
@@ -16,14 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..deploy.api import BACKENDS
+from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shufflenet bench",
-        description="Median latency, images/s, GFLOP/s and ratios of inference backends, timed in interleaved "
-        "rounds.",
+        description="Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its "
+        "own process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="registered model name (see `shufflenet list`)")
@@ -38,21 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", default=None, help="optional .safetensors weights (timing does not need them)"
     )
+    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
     p.add_argument(
-        "--rounds", type=int, default=None, help="timed rounds (default: fit --time-budget)"
-    )
-    p.add_argument(
-        "--time-budget",
+        "--load-window",
         type=float,
-        default=20.0,
-        help="seconds of timed rounds when --rounds is unset",
-    )
-    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes per backend")
-    p.add_argument(
-        "--gap-ms",
-        type=float,
-        default=10.0,
-        help="sleep before each timed call, so that the previous backend's spinning threads go idle",
+        default=1.0,
+        help="seconds over which other processes' CPU use is sampled before each backend",
     )
     p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
@@ -74,32 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         ("--batch", args.batch),
         ("--threads", args.threads),
         ("--input-size", args.input_size),
+        ("--runs", args.runs),
     ):
         if v < 1:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
             return 2
+    if args.warmup < 0 or args.load_window < 0:
+        print("shufflenet bench: --warmup and --load-window must be >= 0", file=sys.stderr)
+        return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
     from ..models import create_model
 
     try:
-        model = create_model(args.model, weights=args.weights)
-    except ValueError as e:
+        create_model(args.model, weights=args.weights)  # fail early on a bad name or weights file
+    except (ValueError, OSError) as e:
         print(f"shufflenet bench: {e}", file=sys.stderr)
         return 2
     log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     res = run_benchmark(
-        model,
+        args.model,
         batch=args.batch,
         threads=args.threads,
         backends=backends,
         input_size=args.input_size,
-        rounds=args.rounds,
+        runs=args.runs,
         warmup=args.warmup,
-        time_budget=args.time_budget,
-        gap=args.gap_ms / 1e3,
+        load_window=args.load_window,
+        weights=args.weights,
         log=log,
     )
-    res.model = args.model
     print(format_table(res))
     if args.json:
         from ..utils.atomic import atomic_write
