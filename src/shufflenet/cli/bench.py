@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("shufflenet bench: --warmup and --load-window must be >= 0", file=sys.stderr)
         return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
-    from ..models import create_model
+    from ..factory import create_model
 
     try:
         create_model(args.model, weights=args.weights)  # fail early on a bad name or weights file

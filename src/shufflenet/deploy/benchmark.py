@@ -229,10 +229,10 @@ def _quantile(xs: list[float], q: float) -> float:
 
 def _load_model(spec: dict) -> nn.Module:
     if spec.get("checkpoint"):
-        from ..checkpoint import load_model
+        from ..model_file import load_model
 
         return load_model(spec["checkpoint"])[0].eval()
-    from ..models import create_model
+    from ..factory import create_model
 
     return create_model(spec["model"], weights=spec.get("weights")).eval()
 
@@ -352,7 +352,7 @@ def run_benchmark(
         log: ``print``-like callable for progress, or None.
     """
     from ..complexity import profile
-    from ..models import create_model
+    from ..factory import create_model
 
     say = log or (lambda *a, **k: None)
     for b in backends:
@@ -379,7 +379,7 @@ def run_benchmark(
             module = create_model(model, weights=weights).eval()
             spec.update(model=model, weights=weights)
         else:
-            from ..checkpoint import save_model
+            from ..model_file import save_model
 
             module = model.eval()
             name = (getattr(model, "model_cfg", None) or {}).get("arch") or type(model).__name__
