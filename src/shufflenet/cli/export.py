@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset",
         type=int,
         default=None,
-        help=f"ONNX opset; unset: {DEFAULT_OPSET} (the dynamo exporter may write a newer one)",
+        help=f"ONNX opset, written exactly or refused: 11-20 with the TorchScript exporter, 18 or newer with "
+        f"dynamo; unset: {DEFAULT_OPSET} with TorchScript, the dynamo exporter's own default with dynamo",
     )
     p.add_argument(
         "--exporter",
@@ -223,14 +224,17 @@ def _export_onnx(args: argparse.Namespace, model, info) -> int:
             args.onnx,
             input_size=size,
             in_chans=in_chans,
-            opset=DEFAULT_OPSET if args.opset is None else args.opset,
+            opset=args.opset,
             exporter=args.exporter,
             fallback=False,
             dynamic_spatial=dynamic_spatial,
             metadata=onnx_metadata(model, info.input_spec),
         )
         summary = summarize_onnx(args.onnx)
-    except (OSError, ValueError, ImportError, RuntimeError) as e:
+    except ValueError as e:  # an opset or size this export refuses
+        print(f"shufflenet export: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ImportError, RuntimeError) as e:
         print(f"shufflenet export: {e}", file=sys.stderr)
         return 1
     print(
@@ -242,8 +246,6 @@ def _export_onnx(args: argparse.Namespace, model, info) -> int:
         f"BatchNormalization nodes: {summary.batchnorm_nodes}; channel shuffles as "
         f"Reshape-Transpose-Reshape: {summary.shuffles} (of {summary.transposes} Transpose nodes)"
     )
-    if args.opset is not None and summary.opset != args.opset:
-        print(f"note: opset {args.opset} was asked for; the exporter wrote opset {summary.opset}")
     dynamic = summary.dynamic_input if dynamic_spatial else isinstance(summary.input_shape[0], str)
     if not dynamic:
         print(
