@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+import time
 
 import pytest
 import torch
@@ -230,3 +232,62 @@ def test_cli_export_needs_a_target_and_names_the_missing_extra(tmp_path, capsys,
     monkeypatch.setitem(sys.modules, "ncnn", None)  # import ncnn now raises ImportError
     assert export_main([str(ckpt), "--ncnn", str(tmp_path / "nc")]) == 2
     assert "pip install 'shufflenet[mobile]'" in capsys.readouterr().err
+
+
+# --- bench: one process per backend, load of other processes, busy runs not judged ------------------------
+
+
+def test_bench_result_busy_rules():
+    from shufflenet.deploy.benchmark import BackendResult, BenchResult, format_table
+
+    def result(before, during):
+        r = BackendResult("eager", median_ms=1.0, p10_ms=0.9, p90_ms=1.2, min_ms=0.8)
+        r.images_per_s, r.gflops, r.max_rel_error, r.engine = 1000.0, 1.0, 0.0, "eager"
+        r.other_cores_before, r.other_cores_during = before, during
+        return BenchResult("m", 1, 2, 32, 10, 5, {"eager": r}, {"eager": {"eager": 1.0}}, {})
+
+    quiet, busy, unknown = result(0.05, 0.1), result(0.05, 0.9), result(None, None)
+    assert not quiet.busy() and busy.busy() and unknown.busy()
+    assert busy.max_other_cores() == 0.9
+    assert "not judged" in format_table(busy) and "BUSY machine" in format_table(busy)
+    assert "quiet machine" in format_table(quiet) and "not judged" not in format_table(quiet)
+
+
+def test_load_meter_subtracts_own_cpu():
+    from shufflenet.deploy.benchmark import _LoadMeter, cpu_busy_other
+
+    assert cpu_busy_other(0.05) is None or cpu_busy_other(0.05) >= 0
+    meter = _LoadMeter()
+    meter.start()
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.3:  # this process spins one core
+        pass
+    other = meter.stop()
+    if other is not None:  # Linux
+        # the spinning core is this process's own: what is left is other processes' use, not 1 + theirs
+        assert 0.0 <= other < (os.cpu_count() or 1)
+
+
+@needs_executorch
+@needs_ncnn
+@pytest.mark.slow
+def test_bench_runs_each_backend_in_its_own_process():
+    from shufflenet.deploy.benchmark import run_benchmark
+
+    res = run_benchmark(
+        "shufflenet_v1_g3_x0_25",
+        batch=1,
+        threads=1,
+        backends=("eager", "executorch", "ncnn"),
+        input_size=32,
+        runs=3,
+        warmup=1,
+        load_window=0.05,
+    )
+    pids = {r.pid for r in res.backends.values()}
+    assert len(pids) == 3 and os.getpid() not in pids
+    for name, r in res.backends.items():
+        assert r.status == "ok", (name, r.reason)
+        assert len(r.times_ms) == 3 and r.max_rel_error < 1e-4
+        assert r.other_cores_during is None or r.other_cores_during >= 0
+    assert "0 ops outside" in res.backends["executorch"].engine

@@ -75,10 +75,11 @@ class BackendResult:
     min_ms: float | None = None
     images_per_s: float | None = None
     gflops: float | None = None
-    other_cores_before: float | None = None  # other processes' CPU use before the worker, cores
-    other_cores_during: float | None = (
-        None  # ... during the timed loop (the worker's own threads excluded)
-    )
+    # other processes' CPU use before the worker starts, in cores
+    other_cores_before: float | None = None
+    # ... during the timed loop (the worker's own threads excluded)
+    other_cores_during: float | None = None
+    pid: int | None = None  # the worker process that built and timed it
     note: str | None = None
 
 
@@ -266,7 +267,7 @@ def _worker(spec: dict) -> dict:
     from .native.lower import _in_channels
 
     name = spec["backend"]
-    res = BackendResult(name)
+    res = BackendResult(name, pid=os.getpid())
     torch.set_num_threads(spec["threads"])
     model = _load_model(spec)
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
