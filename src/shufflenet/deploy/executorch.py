@@ -16,6 +16,9 @@ fixed shape: XNNPACK's partitioner refuses reshapes with symbolic sizes, so a pr
 image size would run every shuffle outside the delegate. The program therefore takes one shape (batch 1 at the
 model's image size by default). :attr:`ExecuTorchExport.outside` lists what stays outside the delegate; with
 ``allow_outside=False`` (the default) anything there is an error naming the layer and the engine.
+:func:`check_executorch` runs the program in the ExecuTorch runtime against eager PyTorch; with
+``other_shapes`` it also exports and runs the model at other batch and image sizes (``shufflenet export``
+checks a second batch and a non-square size this way).
 
 Example::
 
@@ -341,21 +344,34 @@ def check_executorch(
     inputs: int = 2,
     input_spec: InputSpec | None = None,
     seed: int = 0,
+    other_shapes: tuple[tuple[int, int, int, int], ...] = (),
 ) -> ExecuTorchCheck:
     """Run ``program`` with the ExecuTorch runtime and ``model`` (eval, float32) on ``inputs`` random inputs of
-    the program's shape: standard normal, then (with ``input_spec``) random images prepared by it."""
+    the program's shape: standard normal, then (with ``input_spec``) random images prepared by it.
+
+    A program takes one shape; ``other_shapes`` (N, C, H, W) exports ``model`` again at each of them (the same
+    way, all ops delegated or the same ops outside) and checks those programs too, so that the conversion is
+    checked at more than one batch and image size (odd sizes exercise the padded pooling rewrite)."""
     runner = ExecuTorchRunner(program)
     shape = runner.input_shape
     m = copy.deepcopy(model).eval().float().cpu()
     worst, biggest = 0.0, 0.0
-    for x in _random_inputs(shape, inputs, input_spec, seed):
-        ref = m(x)
-        got = runner(x)
-        if got.shape != ref.shape:
-            raise ValueError(
-                f"ExecuTorch output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}"
-            )
-        diff = float((got - ref).abs().max())
-        worst = diff if diff != diff else max(worst, diff)  # keep a NaN
-        biggest = max(biggest, float(ref.abs().max()))
-    return ExecuTorchCheck([tuple(shape)] * inputs, worst, biggest)
+    shapes = []
+    runs = [(runner, shape)]
+    for other in other_shapes:
+        n, c, h, w = other
+        res = export_executorch(m, None, input_size=(h, w), batch=n, in_chans=c, allow_outside=True)
+        runs.append((ExecuTorchRunner(res.data), tuple(other)))
+    for i, (run, shp) in enumerate(runs):
+        for x in _random_inputs(shp, inputs, input_spec, seed + i):
+            ref = m(x)
+            got = run(x)
+            if got.shape != ref.shape:
+                raise ValueError(
+                    f"ExecuTorch output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}"
+                )
+            diff = float((got - ref).abs().max())
+            worst = diff if diff != diff else max(worst, diff)  # keep a NaN
+            biggest = max(biggest, float(ref.abs().max()))
+            shapes.append(tuple(shp))
+    return ExecuTorchCheck(shapes, worst, biggest)
