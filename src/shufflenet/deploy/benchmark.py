@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models import in_channels
 from .api import BACKENDS, optimize
 
 __all__ = [
@@ -264,7 +265,6 @@ def _build_backend(model: nn.Module, name: str, spec: dict, tmp: str):
 def _worker(spec: dict) -> dict:
     """Build one backend in this process and time it; returns a :class:`BackendResult` as a dict."""
     from .fold import NotSupportedError
-    from .native.lower import _in_channels
 
     name = spec["backend"]
     res = BackendResult(name, pid=os.getpid())
@@ -272,7 +272,7 @@ def _worker(spec: dict) -> dict:
     model = _load_model(spec)
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
     size, batch = spec["input_size"], spec["batch"]
-    x = torch.randn(batch, _in_channels(model), size, size, generator=gen)
+    x = torch.randn(batch, in_channels(model), size, size, generator=gen)
     with torch.inference_mode():
         ref = model(x)
     if name in _CL_BACKENDS:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.spec import InputSpec
+from ..models import in_channels
 from ..utils.atomic import atomic_path, atomic_write
 from .fold import NotSupportedError, fold_batchnorm
 
@@ -184,13 +185,12 @@ def export_executorch(
         :class:`ExecuTorchExport` (with the program bytes in ``data``).
     """
     partitioner_cls, lower = require_executorch()
-    from .native.lower import _in_channels
 
     h, w = (input_size, input_size) if isinstance(input_size, int) else map(int, input_size)
     for name, v in (("batch", batch), ("height", h), ("width", w)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive int")
-    c = in_chans or (input_spec.in_chans if input_spec is not None else _in_channels(model))
+    c = in_chans or (input_spec.in_chans if input_spec is not None else in_channels(model))
     src = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     fold_batchnorm(src)
     x = torch.randn(batch, c, h, w)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..data.spec import InputSpec
+from ..models import in_channels
 from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
 from ..utils.atomic import atomic_path, atomic_write
 from .fold import NotSupportedError, fold_batchnorm
@@ -207,12 +208,11 @@ def export_ncnn(
     """
     require_ncnn()
     exe = _pnnx_executable()
-    from .native.lower import _in_channels
 
     h, w = (input_size, input_size) if isinstance(input_size, int) else map(int, input_size)
     if h < 8 or w < 8:
         raise ValueError(f"input_size={input_size!r} must be at least 8 pixels")
-    c = in_chans or (input_spec.in_chans if input_spec is not None else _in_channels(model))
+    c = in_chans or (input_spec.in_chans if input_spec is not None else in_channels(model))
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"name={name!r} must be letters, digits, '_', '.' or '-'")
     x = torch.randn(1, c, h, w)
@@ -379,9 +379,8 @@ def check_ncnn(
 ) -> NcnnCheck:
     """ncnn against ``model`` on random inputs of sizes ``S x S`` and ``(S + 32) x (S - S // 4)``: standard
     normal, or with ``input_spec`` random images prepared by that convention."""
-    from .native.lower import _in_channels
 
-    c = in_chans or (input_spec.in_chans if input_spec is not None else _in_channels(model))
+    c = in_chans or (input_spec.in_chans if input_spec is not None else in_channels(model))
     s = input_size
     shapes = [(1, c, s, s), (2, c, s + 32, max(8, s - s // 4))]
     runner = NcnnRunner(param, bin, threads=threads, fp16=fp16)
