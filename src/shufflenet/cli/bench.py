@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
+from .common import add_model_argument, resolve_cli_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "own process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="registered model name (see `shufflenet list`)")
+    add_model_argument(p)
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend")
     p.add_argument(
@@ -35,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(BACKENDS),
         help=f"comma-separated subset of {','.join(BACKENDS)}",
     )
-    p.add_argument("--input-size", type=int, default=224, help="input height = width, pixels")
     p.add_argument(
-        "--weights", default=None, help="optional .safetensors weights (timing does not need them)"
+        "--input-size",
+        type=int,
+        default=None,
+        help="input height = width, pixels; unset: the model file's image size, else 224",
     )
     p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
     p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
@@ -69,33 +74,43 @@ def main(argv: list[str] | None = None) -> int:
         ("--input-size", args.input_size),
         ("--runs", args.runs),
     ):
-        if v < 1:
+        if v is not None and v < 1:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
             return 2
     if args.warmup < 0 or args.load_window < 0:
-        print("shufflenet bench: --warmup and --load-window must be >= 0", file=sys.stderr)
+        print(
+            f"shufflenet bench: --warmup {args.warmup} and --load-window {args.load_window} must be >= 0",
+            file=sys.stderr,
+        )
         return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
-    from ..factory import create_model
 
     try:
-        create_model(args.model, weights=args.weights)  # fail early on a bad name or weights file
+        resolved = resolve_cli_model("shufflenet bench", args.model, args.weights)
     except (ValueError, OSError) as e:
-        print(f"shufflenet bench: {e}", file=sys.stderr)
+        print(f"shufflenet bench: error: {e}", file=sys.stderr)
         return 2
+    model = resolved.model
+    input_size = args.input_size or (resolved.input_spec.image_size if resolved.path else 224)
+    threads_before = torch.get_num_threads()
     log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    res = run_benchmark(
-        args.model,
-        batch=args.batch,
-        threads=args.threads,
-        backends=backends,
-        input_size=args.input_size,
-        runs=args.runs,
-        warmup=args.warmup,
-        load_window=args.load_window,
-        weights=args.weights,
-        log=log,
-    )
+    try:
+        res = run_benchmark(
+            model,
+            batch=args.batch,
+            threads=args.threads,
+            backends=backends,
+            input_size=input_size,
+            runs=args.runs,
+            warmup=args.warmup,
+            load_window=args.load_window,
+            log=log,
+            arch=resolved.name,
+            arch_kwargs=resolved.arch_kwargs,
+        )
+    finally:
+        torch.set_num_threads(threads_before)  # leave the process's thread count as it was
+    res.model = resolved.name
     print(format_table(res))
     if args.json:
         from ..utils.atomic import atomic_write

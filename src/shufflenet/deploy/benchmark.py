@@ -21,6 +21,9 @@ Backends: :data:`BENCH_BACKENDS` = those of :func:`shufflenet.deploy.optimize` p
 (:mod:`.executorch`, a program at the benchmark's batch and size; ops XNNPACK does not take run on
 ExecuTorch's portable kernels and the engine column says how many) and ``"ncnn"`` (:mod:`.ncnn`, float32, one
 image after another as ncnn runs them).
+
+:func:`time_interleaved` / :func:`interleaved_latency` time several eager models within one process in
+rotating rounds (for comparisons of architectures in the analysis code, not of engines).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,9 +54,11 @@ __all__ = [
     "BenchResult",
     "cpu_busy_other",
     "format_table",
+    "interleaved_latency",
     "plot_result",
     "run_benchmark",
     "system_info",
+    "time_interleaved",
 ]
 
 BENCH_BACKENDS = (*BACKENDS, "executorch", "ncnn")
@@ -230,6 +236,62 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], rounds: int, gap: float = 0.0
+) -> dict[str, list[float]]:
+    """Milliseconds of each call of ``calls``, ``rounds`` times each, in interleaved rounds.
+
+    Round ``r`` runs every call once, starting at the ``r``-th (rotating order), so that a burst of load from
+    other processes hits all of them rather than one, and no call always follows the same other one.
+    ``gap`` seconds of sleep before each timed call let the previous one's spinning threads go idle."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % max(1, len(names))
+        for n in names[k:] + names[:k]:
+            if gap > 0:
+                time.sleep(gap)
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+@torch.inference_mode()
+def interleaved_latency(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    rounds: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per forward pass (eager, eval mode) of each model on a zero input of ``input_shape``
+    (N, C, H, W), timed by :func:`time_interleaved` after ``warmup`` untimed passes; the process's thread
+    count is set to ``threads`` meanwhile and restored. Returns per model the median, the minimum and the
+    inter-quartile range in milliseconds."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.zeros(input_shape)
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        times = time_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds)
+    finally:
+        torch.set_num_threads(old_threads)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[name] = {"median_ms": statistics.median(ts), "min_ms": min(ts), "iqr_ms": q[2] - q[0]}
+    return out
+
+
 def _load_model(spec: dict) -> nn.Module:
     if spec.get("checkpoint"):
         from ..model_file import load_model
@@ -341,12 +403,15 @@ def run_benchmark(
     weights: str | None = None,
     timeout: float = 1800.0,
     log=None,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
 ) -> BenchResult:
     """Time ``model`` on each backend in its own worker process, one backend after the other.
 
     Args:
         model: a registered name (with optional ``weights``), or a module built by
-            :func:`shufflenet.create_model` (saved to a temporary model file for the workers).
+            :func:`shufflenet.create_model` (or described by ``arch``/``arch_kwargs``), saved to a temporary
+            model file for the workers.
         batch, threads, input_size: the workload; every engine gets ``threads`` threads.
         runs: timed forward passes per backend (median and percentiles over them).
         warmup: untimed passes first.
@@ -385,9 +450,13 @@ def run_benchmark(
             from ..model_file import save_model
 
             module = model.eval()
-            name = (getattr(model, "model_cfg", None) or {}).get("arch") or type(model).__name__
+            name = (
+                arch
+                or (getattr(model, "model_cfg", None) or {}).get("arch")
+                or type(model).__name__
+            )
             ckpt = Path(tmp) / "model.safetensors"
-            save_model(ckpt, model)
+            save_model(ckpt, model, arch=arch, arch_kwargs=arch_kwargs)
             spec["checkpoint"] = str(ckpt)
         macs = profile(module, input_size).macs
         system = system_info()
