@@ -41,8 +41,8 @@ PROG = "shufflenet export"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Export a model to ONNX (dynamic batch and spatial size, batch norm "
-        "folded) and compare ONNX Runtime with PyTorch.",
+        description="Export a model to ONNX (dynamic batch and spatial size, batch norm folded), ExecuTorch "
+        "(XNNPACK) and/or ncnn, and compare each engine's runtime with PyTorch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_argument(p)
