@@ -223,6 +223,73 @@ def test_collate_of_only_unreadable_samples():
     assert images.numel() == 0 and labels.numel() == 0 and skipped == []
 
 
+def _constant_folder(root: Path, per_class: int) -> dict[int, int]:
+    """Two class folders of constant-grey PNGs (grey level -> class) and a 0-byte zero.jpg in each."""
+    levels = {}
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            level = 10 + 40 * c + 10 * i
+            Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(root / name / f"{i}.png")
+            levels[level] = c
+        (root / name / "zero.jpg").write_bytes(b"")
+    return levels
+
+
+def test_training_batches_of_only_unreadable_images_are_refilled(tmp_path):
+    levels = _constant_folder(tmp_path, per_class=3)
+    ds = build_dataset(tmp_path, True, val_fraction=0.25)  # 6 of 8 images, one zero.jpg per class
+    bad = sorted(str(p) for p, _ in ds.dataset.samples if p.name == "zero.jpg")
+    assert len(bad) == 2
+    n_bad = sum(ds.dataset.samples[i][0].name == "zero.jpg" for i in ds.indices)
+    spec = InputSpec(8, None, "RGB", 255.0, (0.0,) * 3, (1.0,) * 3)  # model input = pixel value
+    loader = make_loader(ds, build_transform(spec, False), 1, train=True, seed=3)
+
+    def epoch():
+        out = []
+        for images, labels, skipped in loader:
+            assert images.shape == (1, 3, 8, 8) and labels.shape == (1,)  # never an empty batch
+            out.append((float(images[0, 0, 0, 0]), int(labels[0]), list(skipped)))
+        return out
+
+    first = epoch()
+    assert len(first) == len(ds)
+    assert sum(len(s) for *_, s in first) == n_bad > 0
+    assert sorted(p for *_, s in first for p in s) == sorted(
+        str(ds.dataset.samples[i][0])
+        for i in ds.indices
+        if ds.dataset.samples[i][0].name == "zero.jpg"
+    )
+    for (
+        level,
+        label,
+        _,
+    ) in first:  # every image (also the stand-ins) is a readable file with its label
+        assert levels[round(level)] == label
+    assert epoch() == first  # the stand-ins are a function of (seed, epoch, index)
+
+
+def test_evaluation_drops_unreadable_images(tmp_path):
+    _constant_folder(tmp_path, per_class=2)
+    pool = load_folder(tmp_path, train=True, val_fraction=0.25).dataset
+    spec = InputSpec(8, None, "RGB", 1.0, (0.5,) * 3, (0.25,) * 3)
+    loader = make_loader(pool, build_transform(spec, False), 1, train=False)
+    batches = [(len(labels), list(skipped)) for _, labels, skipped in loader]
+    assert [n for n, _ in batches] == [1, 1, 0, 1, 1, 0]  # a/0 a/1 a/zero b/0 b/1 b/zero
+    assert [p for _, s in batches for p in s] == [str(tmp_path / c / "zero.jpg") for c in "ab"]
+
+
+def test_a_dataset_without_readable_images_is_a_clear_error(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "zero.png").write_bytes(b"")
+    pool = load_folder(tmp_path, train=True, val_fraction=0.25).dataset
+    spec = InputSpec(8, None, "RGB", 1.0, (0.5,) * 3, (0.25,) * 3)
+    loader = make_loader(pool, build_transform(spec, False), 1, train=True)
+    with pytest.raises(ValueError, match=r"none of the 2 images .* is readable"):
+        next(iter(loader))
+
+
 # ----------------------------------------------------------------- detection errors
 def test_missing_path_names_path_and_formats(tmp_path):
     missing = tmp_path / "nope"
@@ -261,3 +328,17 @@ def test_builtin_digits_split():
 def test_split_indices_rejects_bad_fraction():
     with pytest.raises(ValueError, match="val_fraction=1.5"):
         split_indices([0, 1, 1], 1.5)
+
+
+def test_train_at_batch_size_one_with_a_zero_byte_image_reports_the_skips(tmp_path, capsys):
+    from shufflenet.cli import train
+
+    _constant_folder(tmp_path / "data", per_class=3)
+    argv = ["--data", str(tmp_path / "data"), "--model", "shufflenet_v1_g3_x0_25",
+            "--model-kwargs", '{"stage_repeats": [1, 1, 1]}', "--image-size", "16",
+            "--batch-size", "1", "--epochs", "1", "--val-fraction", "0.25", "--threads", "1",
+            "--no-progress", "--output", str(tmp_path / "runs"), "--name", "run"]  # fmt: skip
+    assert train.main(argv) == 0
+    out = capsys.readouterr()
+    assert "unreadable images skipped" in out.out + out.err and "zero.jpg" in out.out + out.err
+    assert (tmp_path / "runs" / "run" / "model.safetensors").is_file()
