@@ -118,6 +118,72 @@ def test_idx_truncated_or_foreign_is_a_clear_error(tmp_path):
         read_idx(g)
 
 
+@pytest.mark.parametrize("label", [10, 255])
+def test_mnist_labels_outside_0_to_9_are_refused(tmp_path, label):
+    write_mnist(tmp_path, gz=False)
+    labels = np.arange(12) % 10
+    labels[7] = label
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    with pytest.raises(ValueError, match=rf"train-labels-idx1-ubyte.*label {label} at index 7"):
+        load_mnist(tmp_path, True)
+    assert len(load_mnist(tmp_path, False).classes) == 10  # the test split is fine
+
+
+# ----------------------------------------------------------------- image modes
+def _decoded(tmp_path: Path, im: Image.Image, suffix: str) -> np.ndarray:
+    path = tmp_path / f"img{suffix}"
+    im.save(path)
+    return read_image(path).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32896, 65535, 1000, 50000]], np.uint16)
+    im = Image.fromarray(values)
+    assert im.mode == "I;16"
+    for suffix in (".png", ".tif"):
+        out = _decoded(tmp_path, im, suffix)
+        expected = np.floor(
+            values.astype(np.float64) / 65535 * 255 + 0.5
+        )  # [0, 1, 128, 255, 4, 195]
+        assert out.dtype == np.uint8 and np.array_equal(out, np.repeat(expected[..., None], 3, 2))
+    grey = Image.fromarray(np.full((4, 4), 30000, np.uint16))  # mid-grey, not "almost white"
+    assert abs(float(_decoded(tmp_path, grey, ".png").mean()) - 30000 / 257) <= 0.5
+
+
+def test_32_bit_modes(tmp_path):
+    f = Image.fromarray(np.array([[0.4, 1.6, 127.5, 300.0, -5.0]], np.float32))  # 0..255 scale
+    assert f.mode == "F"
+    assert _decoded(tmp_path, f, ".tif")[0, :, 0].tolist() == [0, 2, 128, 255, 0]
+    i = Image.fromarray(np.array([[0, 257, 65535, 70000]], np.int32))  # 16-bit range, clipped
+    assert i.mode == "I"
+    assert _decoded(tmp_path, i, ".tif")[0, :, 1].tolist() == [0, 1, 255, 255]
+    nan = Image.fromarray(np.array([[1.0, np.nan]], np.float32))
+    nan.save(tmp_path / "nan.tif")
+    with pytest.raises(UnreadableImage, match="non-finite"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_colour_modes_decode_to_their_rgb_values(tmp_path):
+    c, m, y, k = 100, 50, 0, 30
+    cmyk = _decoded(tmp_path, Image.new("CMYK", (3, 2), (c, m, y, k)), ".tif")
+    expected = [round(255 * (1 - v / 255) * (1 - k / 255)) for v in (c, m, y)]  # [137, 181, 225]
+    assert np.abs(cmyk.astype(int) - expected).max() <= 1
+
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 200, 10, 30, 5, 250, 90] + [0] * 759)
+    palette.putpixel((0, 0), 1)
+    palette.putpixel((1, 0), 2)
+    for suffix in (".png", ".gif", ".bmp"):
+        assert _decoded(tmp_path, palette, suffix).tolist() == [[[200, 10, 30], [5, 250, 90]]]
+
+    la = Image.fromarray(np.array([[[17, 0], [240, 255]]], np.uint8), mode="LA")
+    assert _decoded(tmp_path, la, ".png").tolist() == [[[17] * 3, [240] * 3]]  # alpha dropped
+    rgba = Image.new("RGBA", (1, 2), (12, 34, 56, 7))
+    assert _decoded(tmp_path, rgba, ".png").tolist() == [[[12, 34, 56]], [[12, 34, 56]]]
+    grey = _decoded(tmp_path, Image.new("L", (1, 1), 99), ".jpg")
+    assert np.abs(grey.astype(int) - 99).max() <= 1
+
+
 # ----------------------------------------------------------------- CIFAR
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_cifar10_batches(tmp_path, protocol):

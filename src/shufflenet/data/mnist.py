@@ -19,6 +19,7 @@ __all__ = ["read_idx", "find_mnist_files", "load_mnist", "MNIST_MEAN", "MNIST_ST
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+NUM_CLASSES = 10  # MNIST, Fashion-MNIST and KMNIST alike
 _SPLITS = {True: "train", False: "t10k"}
 
 
@@ -65,7 +66,10 @@ def find_mnist_files(root: str | Path, train: bool) -> tuple[Path, Path] | None:
 
 
 def load_mnist(root: str | Path, train: bool = True) -> ArrayDataset:
-    """The training (60k) or test (10k) split under ``root``: (28, 28) grey images, classes "0".."9"."""
+    """The training (60k) or test (10k) split under ``root``: (28, 28) grey images, classes "0".."9".
+
+    A label outside 0..9 is a ``ValueError`` naming the file, the first such label and its index.
+    """
     files = find_mnist_files(root, train)
     if files is None:
         raise FileNotFoundError(
@@ -78,11 +82,16 @@ def load_mnist(root: str | Path, train: bool = True) -> ArrayDataset:
             f"MNIST files {str(files[0])!r} and {str(files[1])!r} disagree: images {images.shape}, "
             f"labels {labels.shape}"
         )
-    n_classes = max(10, int(labels.max()) + 1) if len(labels) else 10
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if len(bad):
+        raise ValueError(
+            f"MNIST labels file {str(files[1])!r} holds label {int(labels[bad[0]])} at index "
+            f"{int(bad[0])} ({len(bad)} labels in all outside 0..{NUM_CLASSES - 1})"
+        )
     return ArrayDataset(
         images[..., None],  # (N, 28, 28, 1)
         labels,
-        classes=[str(c) for c in range(n_classes)],
+        classes=[str(c) for c in range(NUM_CLASSES)],
         name="mnist",
         mean=MNIST_MEAN,
         std=MNIST_STD,
