@@ -1,7 +1,8 @@
 """``shufflenet predict CHECKPOINT IMAGE...``: the most likely classes of each image.
 
 Images (JPEG, PNG, ...) are preprocessed by the checkpoint's input convention (resize, centre crop,
-channels, normalisation) exactly as in evaluation.
+channels, normalisation) exactly as in evaluation. Classes are printed by name: those stored with the model, or
+the ImageNet labels (tench, goldfish, ...) for a 1000-class model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import torch
 
 from ..checkpoint import load_model
+from ..data.evaluation import readable_class_names
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
 from ..train.distributed import resolve_device
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         model, info = load_model(args.checkpoint, map_location=device)
+        names = readable_class_names(info.class_names, model.num_classes)
     except (ValueError, FileNotFoundError) as e:
         print(f"shufflenet predict: error: {e}", file=sys.stderr)
         return 2
@@ -55,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         probs = model(x).float().softmax(1)[0]
         top = probs.topk(min(args.top_k, len(probs)))
-        names = info.class_names or [str(i) for i in range(len(probs))]
         ranked = [(names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
         if args.json:
             print(json.dumps({"image": path, "top": [{"class": c, "prob": p} for c, p in ranked]}))
