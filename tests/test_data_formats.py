@@ -163,6 +163,16 @@ def test_32_bit_modes(tmp_path):
         read_image(tmp_path / "nan.tif")
 
 
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 30 = 1200 pixels
+    with pytest.raises(UnreadableImage, match="40x30 pixels exceed Pillow's limit of 1,000"):
+        read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # limit disabled
+    assert read_image(path).shape == (3, 30, 40)
+
+
 def test_colour_modes_decode_to_their_rgb_values(tmp_path):
     c, m, y, k = 100, 50, 0, 30
     cmyk = _decoded(tmp_path, Image.new("CMYK", (3, 2), (c, m, y, k)), ".tif")

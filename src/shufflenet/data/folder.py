@@ -50,7 +50,7 @@ _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I
 
 def _grey_to_8bit(im: Image.Image) -> np.ndarray:
     """(H, W) uint8 of a 16-bit or float grey image, scaled from its mode's range to 0..255 and rounded."""
-    values = np.asarray(im, dtype=np.float64)
+    values = np.asarray(im, dtype=np.float32)  # exact for 16-bit integers
     if not np.isfinite(values).all():
         raise ValueError(f"mode {im.mode} image holds non-finite pixel values")
     top = _WIDE_MODES[im.mode]
@@ -63,15 +63,24 @@ def read_image(path: str | Path) -> torch.Tensor:
     Colour modes go through Pillow's conversion to RGB: palette colours are looked up, CMYK becomes
     ``255 * (1 - C/255) * (1 - K/255)`` (and likewise for M, Y), alpha is dropped (RGBA, LA, PA), grey is
     repeated in the three channels. 16-bit grey (``I;16``, ``I``) is scaled by ``255/65535``, float grey
-    (``F``) is read as 0..255 (Pillow's convention); both are rounded and clipped to 0..255.
+    (``F``) is read as 0..255 (Pillow's convention); both are rounded and clipped to 0..255. An image of more
+    pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow warns above it) is refused before it is decoded.
     """
     try:
         with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (None: no limit)
+            if limit is not None and im.width * im.height > limit:
+                raise ValueError(
+                    f"{im.width}x{im.height} pixels exceed Pillow's limit of {limit:,} (PIL.Image."
+                    "MAX_IMAGE_PIXELS): a damaged header or a decompression bomb"
+                )
             if im.mode in _WIDE_MODES:
                 rgb = np.repeat(_grey_to_8bit(im)[..., None], 3, axis=2)  # (H, W, 3)
             else:
                 rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except (
+        Exception
+    ) as e:  # Pillow's decoders raise many types on damaged files (TypeError, struct.error, ...)
         raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 

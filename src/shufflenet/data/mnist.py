@@ -9,6 +9,8 @@ NN = number of dims), then NN big-endian uint32 sizes, then the data.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:  # includes gzip.BadGzipFile
+    except (OSError, EOFError, zlib.error) as e:  # includes gzip.BadGzipFile
         raise ValueError(f"cannot read IDX file {str(path)!r}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(
@@ -39,7 +41,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape)) if shape else 0
+    count = math.prod(shape) if shape else 0  # exact: no int64 overflow on absurd sizes
     if len(data) != header + count:
         raise ValueError(
             f"IDX file {str(path)!r} declares shape {shape} ({count} bytes) but holds "
