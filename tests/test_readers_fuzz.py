@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from shufflenet import InputSpec, create_model, load_model, save_model
-from shufflenet.checkpoint import load_weights, read_info
 from shufflenet.data import build_dataset
 from shufflenet.data.folder import UnreadableImage, read_image
 from shufflenet.interop.torch_files import load_torch_state_dict
+from shufflenet.model_file import load_weights, read_info
 
 FUZZ = settings(
     max_examples=60,

@@ -9,9 +9,9 @@ Quick tour::
     report = shufflenet.profile(model, 224)                # parameters and multiply-adds per layer
 """
 
-from .checkpoint import ModelInfo, load_model, save_model
 from .complexity import ComplexityReport, profile
 from .data.spec import InputSpec
+from .factory import LoadReport, ResolvedModel, create_model, load_matching, resolve_model
 from .layers import (
     ConvBnAct,
     DepthwiseConv2d,
@@ -21,7 +21,8 @@ from .layers import (
     ShuffleUnit,
     SqueezeExcite,
 )
-from .models import ShuffleNetV1, create_model, list_models, register_model
+from .model_file import ModelInfo, load_model, read_info, save_model
+from .models import ShuffleNetV1, list_models, register_model
 from .ops import (
     ChannelShuffle,
     ChannelUnshuffle,
@@ -41,8 +42,10 @@ __all__ = [
     "DepthwiseSeparableConv2d",
     "GroupConv2d",
     "InputSpec",
+    "LoadReport",
     "ModelInfo",
     "PointwiseGroupConv2d",
+    "ResolvedModel",
     "ShuffleNetV1",
     "ShuffleUnit",
     "SqueezeExcite",
@@ -52,8 +55,11 @@ __all__ = [
     "create_model",
     "grouped_conv2d_reference",
     "list_models",
+    "load_matching",
     "load_model",
     "profile",
+    "read_info",
     "register_model",
+    "resolve_model",
     "save_model",
 ]

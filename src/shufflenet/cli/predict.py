@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from ..checkpoint import load_model
 from ..data.evaluation import readable_class_names
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
-from ..train.distributed import resolve_device
+from ..distributed import resolve_device
+from ..model_file import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
