@@ -7,8 +7,9 @@ Two layouts are recognised:
 
 Images are decoded when a sample is read, as 8-bit RGB (:func:`read_image` says how each Pillow mode is
 mapped; 16-bit images are scaled, not clipped). An image that cannot be decoded raises
-:class:`UnreadableImage`; the loader (:mod:`.loader`) catches it, drops the sample from its batch and counts it,
-so a damaged file never stops an epoch.
+:class:`UnreadableImage`; the loader (:mod:`.loader`) catches it and counts it, and drops the sample from its
+batch (evaluation) or puts another readable image in its place (training), so a damaged file never stops an
+epoch.
 """
 
 from __future__ import annotations
@@ -78,9 +79,8 @@ def read_image(path: str | Path) -> torch.Tensor:
                 rgb = np.repeat(_grey_to_8bit(im)[..., None], 3, axis=2)  # (H, W, 3)
             else:
                 rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    except (
-        Exception
-    ) as e:  # Pillow's decoders raise many types on damaged files (TypeError, struct.error, ...)
+    # Pillow's decoders raise many types on damaged files (OSError, TypeError, struct.error, ...).
+    except Exception as e:
         raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
