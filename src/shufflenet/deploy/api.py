@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..models import in_channels
 from .fold import NotSupportedError
 
 __all__ = ["BACKENDS", "DeployedModel", "optimize", "available_backends"]
@@ -86,12 +87,10 @@ def available_backends() -> dict[str, str | None]:
 
 
 def _example(model: nn.Module, input_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
-    from .native.lower import _in_channels
-
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     try:
-        c = _in_channels(model)
-    except NotSupportedError:
+        c = in_channels(model)
+    except ValueError:
         c = 3
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.randn(batch, c, h, w, device=dev)

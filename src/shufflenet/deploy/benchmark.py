@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..models import in_channels
 from .api import BACKENDS, optimize
 
 __all__ = [
@@ -197,10 +198,8 @@ def run_benchmark(
     torch.set_num_threads(threads)
     system = system_info()
     macs = profile(model, input_size).macs
-    from .native.lower import _in_channels
-
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, _in_channels(model), input_size, input_size, generator=g)
+    x = torch.randn(batch, in_channels(model), input_size, input_size, generator=g)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         ref = model(x)
