@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data import build_transform, make_loader
 from ..data.subsets import dataset_split
-from ..model_file import load_model
+from ..factory import resolve_model
 from .correlation import LayerCorrelation
 from .correlation_control import ControlledCorrelation, controlled_correlation, default_pairs
 from .filters import FilterGroups, filter_groups
@@ -105,15 +105,17 @@ def correlate_checkpoint(
     device: str = "cpu",
     progress: bool = False,
 ) -> tuple[list[ControlledCorrelation], dict[str, Path]]:
-    """Load a model file, stream ``max_images`` images of ``data`` through it and through untrained models of
-    its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
+    """Load a model (``checkpoint``: anything :func:`shufflenet.factory.resolve_model` takes: a model file, a
+    published checkpoint, a name), stream ``max_images`` images of ``data`` through it and through untrained
+    models of its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
     (default: :data:`~shufflenet.analysis.correlation_control.NIN_PAIRS` for NIN) with the learned excess."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
-    model, info = load_model(checkpoint, map_location=device)
+    resolved = resolve_model(checkpoint)
+    model, arch, spec = resolved.model.to(device), resolved.name, resolved.input_spec
     pairs = default_pairs(model) if pairs is None else pairs  # fail before reading any data
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = make_loader(ds, build_transform(info.input_spec, False), batch_size, False)
+    loader = make_loader(ds, build_transform(spec, False), batch_size, False)
     results = controlled_correlation(
         model,
         loader,
@@ -129,7 +131,7 @@ def correlate_checkpoint(
     )
     config = {
         "checkpoint": str(checkpoint),
-        "arch": info.arch,
+        "arch": arch,
         "data": str(data),
         "split": split,
         "max_images": max_images,
@@ -140,7 +142,7 @@ def correlate_checkpoint(
         "bootstrap": bootstrap,
         "chunks": chunks,
     }
-    return results, write_controlled_correlation(results, out_dir, f"{info.arch}", config)
+    return results, write_controlled_correlation(results, out_dir, arch, config)
 
 
 def gconv_stack_flow(channels: int, groups: int, depth: int, shuffle: bool) -> list[dict[str, Any]]:

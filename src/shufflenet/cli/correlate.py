@@ -1,4 +1,4 @@
-"""``shufflenet correlate CHECKPOINT --data PATH [--pairs A:B ...]``: Deep Roots inter-layer correlation.
+"""``shufflenet correlate MODEL --data PATH [--pairs A:B ...]``: Deep Roots inter-layer correlation.
 
 Every layer pair is measured on the trained model and, on the same images, on untrained models of the same
 architecture (``--init-seeds``): the learned excess is the trained in-block share minus the untrained one.
@@ -16,17 +16,21 @@ import torch
 
 from ..analysis.commands import correlate_checkpoint
 from ..analysis.correlation_control import NIN_PAIRS
+from .common import MODEL_HELP, bounded_int, check_output_dir
+from .main import command
+
+PROG = "shufflenet correlate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet correlate",
+        prog=PROG,
         description="Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
         "2017): every position of every image is a sample; each layer is centred and ZCA-whitened; the "
         "covariance of the two is shown with the group blocks marked and scored.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model file (.safetensors written by shufflenet)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory or 'builtin'")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -46,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument(
-        "--max-images", type=int, default=2000, help="images streamed (class-balanced subset)"
+        "--max-images",
+        type=bounded_int("--max-images", 1, 10_000_000),
+        default=2000,
+        help="images streamed (class-balanced subset)",
     )
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=100)
     p.add_argument(
         "--groups",
-        type=int,
+        type=bounded_int("--groups", 1, 4096),
         default=None,
         help="blocks to score every pair with (default: the groups of the pair's grouped layer)",
     )
@@ -64,18 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=bounded_int("--bootstrap", 0, 100_000),
         default=100,
         help="resamples of the paired bootstrap of the learned excess over image chunks (0: none)",
     )
-    p.add_argument("--chunks", type=int, default=10, help="image chunks for the bootstrap")
+    p.add_argument(
+        "--chunks",
+        type=bounded_int("--chunks", 2, 100_000),
+        default=10,
+        help="image chunks for the bootstrap",
+    )
     p.add_argument(
         "--eps", type=float, default=1e-3, help="ZCA regulariser, relative to the mean variance"
     )
     p.add_argument("--out", default="runs/correlate", help="output directory")
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads; None: torch's choice"
+        "--threads",
+        type=bounded_int("--threads", 1, 1024),
+        default=None,
+        help="torch CPU threads; None: torch's choice",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -92,15 +107,20 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.eps > 0:
+        raise ValueError(f"--eps {args.eps} must be a positive number")
+    check_output_dir(args.out, "--out")
     pairs = [tuple(args.layers)] if args.layers else args.pairs
     bootstrap = args.bootstrap if args.init_seeds else 0
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         results, paths = correlate_checkpoint(
-            args.checkpoint,
+            args.model,
             args.data,
             pairs,
             args.out,
@@ -115,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
-    except (TypeError, ValueError, FileNotFoundError) as e:
-        print(f"shufflenet correlate: error: {e}", file=sys.stderr)
-        return 2
+    finally:
+        torch.set_num_threads(threads)  # leave the process's thread count as it was
     for r in results:
         t = r.trained
         print(

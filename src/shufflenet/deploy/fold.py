@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle, channel_shuffle_indices
+from .errors import NotSupportedError
 
 __all__ = [
-    "NotSupportedError",
     "fold_batchnorm",
     "fold_bn",
     "fold_conv_bn",
@@ -21,10 +21,6 @@ __all__ = [
     "shuffle_permutation",
     "invert_permutation",
 ]
-
-
-class NotSupportedError(ValueError):
-    """A module or configuration that a backend does not lower (the message says which and why)."""
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,13 +19,13 @@ import torch
 from ...complexity import profile
 from ...data import Subset, build_transform, default_spec, make_loader
 from ...data.subsets import balanced_subset
+from ...deploy.benchmark import interleaved_latency
 from ...distributed import DistContext
 from ...models import create_model
 from ...train.engine import evaluate
 from .. import published as pub
 from ..correlation_control import NIN_PAIRS
 from ..correlation_report import correlation_section, root_correlations
-from ..latency import interleaved_latency
 from ..outputs import write_csv, write_json
 from ..plots import plot_bars
 from .common import (

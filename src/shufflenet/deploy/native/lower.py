@@ -30,8 +30,8 @@ from ...layers.separable import DepthwiseSeparableConv2d
 from ...layers.shuffle_unit import ShuffleUnit
 from ...models import in_channels
 from ...ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from ..errors import NotSupportedError
 from ..fold import (
-    NotSupportedError,
     fold_conv_bn,
     invert_permutation,
     relu_like,
