@@ -1,14 +1,21 @@
-"""Shared test settings: seeding, hypothesis profile, and small per-model input sizes."""
+"""Shared test settings (seeding, hypothesis profile, small per-model input sizes) and the references and
+small set-ups that several test files use."""
 
 from __future__ import annotations
 
 import fnmatch
 import math
 import os
+from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, settings
+from torch import nn
+
+from shufflenet.train import TrainConfig
 
 # Property tests: no per-example deadline (the CPUs are shared), a fixed example budget, reproducible runs.
 settings.register_profile(
@@ -74,3 +81,123 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------- references and set-ups
+
+
+def shuffle_perm(channels: int, groups: int) -> list[int]:
+    """Input channel read by each output channel of the shuffle, written from the definition with two loops.
+
+    Channels are laid out as ``groups`` rows of ``n = channels / groups``; the shuffle reads them column by
+    column: first channel 0 of every group, then channel 1 of every group, ...
+    """
+    n = channels // groups
+    perm = []
+    for i in range(n):  # position inside a group
+        for j in range(groups):  # group
+            perm.append(j * n + i)
+    return perm
+
+
+def inverse(perm: list[int]) -> list[int]:
+    """The inverse permutation: ``inverse(p)[p[k]] == k``."""
+    inv = [0] * len(perm)
+    for out_pos, src in enumerate(perm):
+        inv[src] = out_pos
+    return inv
+
+
+def randomize_bn(module: nn.Module, bias_low: float = -0.5) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters (eval mode then differs from identity).
+
+    Biases are drawn from U(``bias_low``, 0.5).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(bias_low, 0.5)
+
+
+def bn_eval(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode batch norm written out: (x - mean) / sqrt(var + eps) * weight + bias, per channel."""
+    shape = (1, -1, 1, 1)
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(shape)
+    return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
+
+
+def state_batch_norm(state: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode batch norm of ``x`` with the statistics and affine parameters ``{prefix}.*`` of ``state``."""
+    return F.batch_norm(
+        x,
+        state[f"{prefix}.running_mean"],
+        state[f"{prefix}.running_var"],
+        state[f"{prefix}.weight"],
+        state[f"{prefix}.bias"],
+        False,
+        0.0,
+        1e-5,
+    )
+
+
+def correlation_model(seed: int | None = None) -> nn.Module:
+    """conv ``a`` (3 -> 8) -> ReLU ``act`` -> 2x2 average pool -> grouped 1x1 conv ``b`` (8 -> 6, 2 groups).
+
+    float64, so that batching does not change the activations' rounding. ``seed``: seed the weights first.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    return (
+        nn.Sequential(
+            OrderedDict(
+                a=nn.Conv2d(3, 8, 3, padding=1),
+                act=nn.ReLU(),
+                pool=nn.AvgPool2d(2),
+                b=nn.Conv2d(8, 6, 1, groups=2),
+            )
+        )
+        .double()
+        .eval()
+    )
+
+
+def numpy_correlation(model: nn.Module, images: torch.Tensor, eps: float = 1e-3) -> np.ndarray:
+    """ZCA-whitened correlation of :func:`correlation_model`'s ``act`` (8 ch) and ``b`` (6 ch), directly:
+    all activations at once, nearest upsampling by repeating pixels, two-pass covariances, ZCA by eigh.
+    """
+    with torch.no_grad():
+        a = model[:2](images).numpy()  # (N, 8, 8, 8)
+        b = model(images).numpy()  # (N, 6, 4, 4)
+    b = b.repeat(2, axis=2).repeat(2, axis=3)  # (N, 6, 8, 8): each pixel covers a 2x2 block
+    x = a.transpose(0, 2, 3, 1).reshape(-1, 8).astype(np.float64)
+    y = b.transpose(0, 2, 3, 1).reshape(-1, 6).astype(np.float64)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+
+    def whiten(z: np.ndarray) -> np.ndarray:
+        cov = z.T @ z / len(z)
+        lam, u = np.linalg.eigh(cov)
+        e = eps * np.trace(cov) / cov.shape[0]
+        return z @ (u @ np.diag(1 / np.sqrt(np.clip(lam, 0, None) + e)) @ u.T)
+
+    return whiten(xc).T @ whiten(yc) / len(x)
+
+
+# A 10k-parameter ShuffleNet v1 trained on 16x16 images: one unit per stage, one thread, no plots.
+TINY_TRAIN = dict(
+    model="shufflenet_v1_g3_x0_25",
+    model_kwargs={"stage_repeats": [1, 1, 1]},
+    image_size=16,
+    batch_size=32,
+    threads=1,
+    progress=False,
+    plots=False,
+    deterministic=True,
+)
+
+
+def tiny_train_config(tmp_path, **kw) -> TrainConfig:
+    """:data:`TINY_TRAIN` writing to ``tmp_path``, with ``kw`` overriding."""
+    return TrainConfig(**{**TINY_TRAIN, "output": str(tmp_path), **kw})

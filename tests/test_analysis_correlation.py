@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import correlation_model, numpy_correlation
 
 from shufflenet.analysis.correlation import (
     CrossMoments,
@@ -18,47 +16,13 @@ from shufflenet.analysis.correlation import (
 )
 
 
-def _tiny_model() -> nn.Module:
-    return (
-        nn.Sequential(
-            OrderedDict(
-                a=nn.Conv2d(3, 8, 3, padding=1),
-                act=nn.ReLU(),
-                pool=nn.AvgPool2d(2),
-                b=nn.Conv2d(8, 6, 1, groups=2),
-            )
-        )
-        .double()
-        .eval()
-    )  # float64 so that batching does not change the activations' rounding
-
-
-def _numpy_reference(model: nn.Module, images: torch.Tensor, eps: float) -> np.ndarray:
-    """All activations at once; nearest upsampling by repeating pixels; two-pass covariances; ZCA by eigh."""
-    with torch.no_grad():
-        a = model[:2](images).numpy()  # (N, 8, 8, 8)
-        b = model(images).numpy()  # (N, 6, 4, 4)
-    b = b.repeat(2, axis=2).repeat(2, axis=3)  # (N, 6, 8, 8): each pixel covers a 2x2 block
-    x = a.transpose(0, 2, 3, 1).reshape(-1, 8).astype(np.float64)
-    y = b.transpose(0, 2, 3, 1).reshape(-1, 6).astype(np.float64)
-    xc, yc = x - x.mean(0), y - y.mean(0)
-
-    def whiten(z: np.ndarray) -> np.ndarray:
-        cov = z.T @ z / len(z)
-        lam, u = np.linalg.eigh(cov)
-        e = eps * np.trace(cov) / cov.shape[0]
-        return z @ (u @ np.diag(1 / np.sqrt(np.clip(lam, 0, None) + e)) @ u.T)
-
-    return whiten(xc).T @ whiten(yc) / len(x)
-
-
 @pytest.mark.parametrize("batch", [1, 3, 10])
 def test_layer_correlation_matches_direct_numpy(batch: int) -> None:
-    model = _tiny_model()
+    model = correlation_model()
     images = torch.randn(10, 3, 8, 8, dtype=torch.float64)
     batches = [(images[i : i + batch], torch.zeros(0)) for i in range(0, 10, batch)]
     res = layer_correlation(model, batches, "act", "b", eps=1e-3)
-    expected = _numpy_reference(model, images, 1e-3)
+    expected = numpy_correlation(model, images)
     np.testing.assert_allclose(res.matrix, expected, rtol=1e-6, atol=1e-9)
     assert res.images == 10 and res.samples == 10 * 64
     assert res.shape_a == (8, 8, 8) and res.shape_b == (6, 4, 4)
@@ -66,18 +30,18 @@ def test_layer_correlation_matches_direct_numpy(batch: int) -> None:
 
 
 def test_layer_correlation_stops_at_max_images() -> None:
-    model = _tiny_model()
+    model = correlation_model()
     images = torch.randn(10, 3, 8, 8, dtype=torch.float64)
     res = layer_correlation(model, [images[:4], images[4:]], "act", "b", max_images=6)
     np.testing.assert_allclose(
-        res.matrix, _numpy_reference(model, images[:6], 1e-3), rtol=1e-6, atol=1e-9
+        res.matrix, numpy_correlation(model, images[:6]), rtol=1e-6, atol=1e-9
     )
     assert res.images == 6
 
 
 def test_whitened_self_covariance_is_identity() -> None:
     """Correlating a layer with itself gives the identity (the whitened covariance), up to the regulariser."""
-    model = _tiny_model()
+    model = correlation_model()
     res = layer_correlation(
         model, [torch.randn(20, 3, 8, 8, dtype=torch.float64)], "a", "a", eps=1e-9
     )
@@ -142,7 +106,7 @@ def test_block_diagonality_rejects_bad_groups() -> None:
 
 
 def test_layer_correlation_errors() -> None:
-    model = _tiny_model()
+    model = correlation_model()
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         layer_correlation(model, [torch.randn(2, 3, 8, 8, dtype=torch.float64)], "nope", "b")
     with pytest.raises(ValueError, match="empty"):

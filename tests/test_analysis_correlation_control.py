@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import correlation_model, numpy_correlation
 
 from shufflenet import create_model
 from shufflenet.analysis.correlation import (
@@ -24,41 +22,6 @@ from shufflenet.analysis.correlation_control import (
 )
 
 
-def _tiny_model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return (
-        nn.Sequential(
-            OrderedDict(
-                a=nn.Conv2d(3, 8, 3, padding=1),
-                act=nn.ReLU(),
-                pool=nn.AvgPool2d(2),
-                b=nn.Conv2d(8, 6, 1, groups=2),
-            )
-        )
-        .double()
-        .eval()
-    )
-
-
-def _numpy_matrix(model: nn.Module, images: torch.Tensor, eps: float = 1e-3) -> np.ndarray:
-    """All activations at once, nearest upsampling by repeating pixels, two-pass covariances, ZCA by eigh."""
-    with torch.no_grad():
-        a = model[:2](images).numpy()  # (N, 8, 8, 8)
-        b = model(images).numpy()  # (N, 6, 4, 4)
-    b = b.repeat(2, axis=2).repeat(2, axis=3)  # (N, 6, 8, 8)
-    x = a.transpose(0, 2, 3, 1).reshape(-1, 8)
-    y = b.transpose(0, 2, 3, 1).reshape(-1, 6)
-    xc, yc = x - x.mean(0), y - y.mean(0)
-
-    def whiten(z: np.ndarray) -> np.ndarray:
-        cov = z.T @ z / len(z)
-        lam, u = np.linalg.eigh(cov)
-        e = eps * np.trace(cov) / cov.shape[0]
-        return z @ (u @ np.diag(1 / np.sqrt(np.clip(lam, 0, None) + e)) @ u.T)
-
-    return whiten(xc).T @ whiten(yc) / len(x)
-
-
 def _numpy_share(m: np.ndarray, groups: int) -> float:
     m = np.abs(m)
     r, c = m.shape[0] // groups, m.shape[1] // groups
@@ -71,23 +34,23 @@ def _batches(images: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.
 
 
 def test_untrained_control_and_excess_match_direct_numpy() -> None:
-    trained = _tiny_model(100)
+    trained = correlation_model(100)
     images = torch.randn(12, 3, 8, 8, dtype=torch.float64)
     seeds = [0, 1, 2]
     res = controlled_correlation(
-        trained, _batches(images, 5), [("act", "b")], seeds, make_untrained=_tiny_model
+        trained, _batches(images, 5), [("act", "b")], seeds, make_untrained=correlation_model
     )
     (r,) = res
     assert r.groups == 2 and r.chance == 0.5 and r.seeds == seeds
     np.testing.assert_allclose(
-        r.trained.matrix, _numpy_matrix(trained, images), rtol=1e-6, atol=1e-9
+        r.trained.matrix, numpy_correlation(trained, images), rtol=1e-6, atol=1e-9
     )
     shares = []
     for s, u in zip(seeds, r.untrained):
-        expected = _numpy_matrix(_tiny_model(s), images)
+        expected = numpy_correlation(correlation_model(s), images)
         np.testing.assert_allclose(u.matrix, expected, rtol=1e-6, atol=1e-9)
         shares.append(_numpy_share(expected, 2))
-    trained_share = _numpy_share(_numpy_matrix(trained, images), 2)
+    trained_share = _numpy_share(numpy_correlation(trained, images), 2)
     assert r.trained_share == pytest.approx(trained_share, rel=1e-7)
     assert r.untrained_shares == pytest.approx(shares, rel=1e-7)
     assert r.excess == pytest.approx(trained_share - np.mean(shares), rel=1e-6, abs=1e-12)
@@ -103,14 +66,14 @@ def test_untrained_control_and_excess_match_direct_numpy() -> None:
 
 def test_bootstrap_resample_is_the_matrix_of_the_drawn_images() -> None:
     """One resample: the excess recomputed from the drawn chunks equals the numpy excess on those images."""
-    trained = _tiny_model(7)
+    trained = correlation_model(7)
     images = torch.randn(12, 3, 8, 8, dtype=torch.float64)
     (r,) = controlled_correlation(
         trained,
         _batches(images, 5),  # batches straddle the chunk boundaries (4 images per chunk)
         [("act", "b")],
         [3, 4],
-        make_untrained=_tiny_model,
+        make_untrained=correlation_model,
         max_images=12,
         bootstrap=1,
         chunks=3,
@@ -118,8 +81,8 @@ def test_bootstrap_resample_is_the_matrix_of_the_drawn_images() -> None:
     )
     take = np.random.default_rng(11).integers(0, 3, size=3)
     drawn = torch.cat([images[4 * c : 4 * c + 4] for c in take])
-    t = _numpy_share(_numpy_matrix(trained, drawn), 2)
-    u = [_numpy_share(_numpy_matrix(_tiny_model(s), drawn), 2) for s in (3, 4)]
+    t = _numpy_share(numpy_correlation(trained, drawn), 2)
+    u = [_numpy_share(numpy_correlation(correlation_model(s), drawn), 2) for s in (3, 4)]
     b = r.bootstrap
     assert b["chunks"] == 3 and b["resamples"] == 1 and b["sd"] == 0.0
     assert b["low"] == pytest.approx(t - np.mean(u), rel=1e-6, abs=1e-12)
@@ -127,7 +90,7 @@ def test_bootstrap_resample_is_the_matrix_of_the_drawn_images() -> None:
 
 
 def test_chunked_moments_merge_to_the_whole_sample() -> None:
-    model = _tiny_model(0)
+    model = correlation_model(0)
     images = torch.randn(10, 3, 8, 8, dtype=torch.float64) + 50.0  # far from zero: shifts matter
     streamed = stream_pair_moments(
         {"m": model}, _batches(images, 3), [("act", "b")], chunk_images=4
@@ -164,7 +127,12 @@ def test_chance_share_is_one_over_groups(groups: int) -> None:
 def test_controls_keep_chance_at_one_over_groups(groups: int) -> None:
     images = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     (r,) = controlled_correlation(
-        _tiny_model(1), [images], [("b", "b")], [0, 1], make_untrained=_tiny_model, groups=groups
+        correlation_model(1),
+        [images],
+        [("b", "b")],
+        [0, 1],
+        make_untrained=correlation_model,
+        groups=groups,
     )
     assert r.chance == pytest.approx(1 / groups)
     assert all(c.block.chance == pytest.approx(1 / groups) for c in [r.trained, *r.untrained])
@@ -177,7 +145,7 @@ def test_nin_pairs_and_their_groups() -> None:
     dense = create_model("nin_cifar10")
     assert [pair_groups(dense, a, b) for a, b in NIN_PAIRS] == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="no default layer pairs"):
-        default_pairs(_tiny_model(0))
+        default_pairs(correlation_model(0))
 
 
 def test_untrained_factory_rebuilds_the_architecture_without_touching_the_rng() -> None:
@@ -194,13 +162,13 @@ def test_untrained_factory_rebuilds_the_architecture_without_touching_the_rng() 
         assert torch.equal(p, q) and torch.equal(p, r), n
     assert a.conv3c.out_channels == 7 and a.layer_groups == {"conv2a": 4, "conv3a": 2}
     with pytest.raises(ValueError, match="no model_cfg"):
-        untrained_factory(_tiny_model(0))
+        untrained_factory(correlation_model(0))
 
 
 def test_controlled_correlation_rejects_bad_arguments() -> None:
     images = [torch.randn(4, 3, 8, 8, dtype=torch.float64)]
-    m = _tiny_model(0)
-    kw = {"make_untrained": _tiny_model}
+    m = correlation_model(0)
+    kw = {"make_untrained": correlation_model}
     with pytest.raises(ValueError, match="needs max_images"):
         controlled_correlation(m, images, [("a", "b")], [0], bootstrap=5, **kw)
     with pytest.raises(ValueError, match="must be distinct"):

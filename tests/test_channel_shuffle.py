@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import inverse, shuffle_perm
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -17,27 +18,6 @@ from shufflenet import (
     channel_shuffle_indices,
     channel_unshuffle,
 )
-
-
-def shuffle_perm(channels: int, groups: int) -> list[int]:
-    """Input channel read by each output channel, written from the definition with two loops.
-
-    Channels are laid out as ``groups`` rows of ``n = channels / groups``; the shuffle reads them column by
-    column: first channel 0 of every group, then channel 1 of every group, ...
-    """
-    n = channels // groups
-    perm = []
-    for i in range(n):  # position inside a group
-        for j in range(groups):  # group
-            perm.append(j * n + i)
-    return perm
-
-
-def inverse(perm: list[int]) -> list[int]:
-    inv = [0] * len(perm)
-    for out_pos, src in enumerate(perm):
-        inv[src] = out_pos
-    return inv
 
 
 def by_index(x: torch.Tensor, perm: list[int]) -> torch.Tensor:
@@ -420,17 +400,32 @@ def _export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> None:
         )  # fmt: skip
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-@pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning"
-)  # the TorchScript exporter is tested on purpose
-@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_onnx_export_and_onnxruntime(dynamo, tmp_path):
-    onnx = pytest.importorskip("onnx", reason="onnx is not installed")
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+def both_onnx_exporters(test):
+    """Run ``test(dynamo, ...)`` with the TorchScript (``dynamo=False``) and the dynamo exporter, silencing their
+    expected warnings (the deprecated TorchScript exporter is tested on purpose)."""
+    marks = (
+        pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+        pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+        pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+        pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"]),
+    )
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+@pytest.fixture
+def ort(dynamo):
+    """onnxruntime; skips the test where onnx, onnxruntime or (for ``dynamo``) onnxscript is missing."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
     if dynamo:
         pytest.importorskip("onnxscript", reason="onnxscript (dynamo exporter) is not installed")
+    return pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+@both_onnx_exporters
+def test_onnx_export_and_onnxruntime(dynamo, ort, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed")
     model = _ShuffleNetSlice().eval()
     path = tmp_path / "slice.onnx"
     _export(model, torch.randn(2, 6, 8, 8), path, dynamo)
@@ -455,17 +450,8 @@ def test_onnx_export_and_onnxruntime(dynamo, tmp_path):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-@pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning"
-)  # the TorchScript exporter is tested on purpose
-@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_onnx_shuffle_alone_is_exact_permutation(dynamo, tmp_path):
-    pytest.importorskip("onnx", reason="onnx is not installed")
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    if dynamo:
-        pytest.importorskip("onnxscript", reason="onnxscript (dynamo exporter) is not installed")
+@both_onnx_exporters
+def test_onnx_shuffle_alone_is_exact_permutation(dynamo, ort, tmp_path):
     path = tmp_path / "shuffle.onnx"
     _export(ChannelShuffle(3).eval(), torch.randn(2, 12, 4, 4), path, dynamo)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

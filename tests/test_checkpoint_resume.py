@@ -12,25 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN, tiny_train_config
 from safetensors.torch import load_file
 
-from shufflenet.train import TrainConfig, fit
+from shufflenet.train import fit
 from shufflenet.train.checkpoint import find_checkpoint, load_state, resume_config
-
-TINY = dict(
-    model="shufflenet_v1_g3_x0_25",
-    model_kwargs={"stage_repeats": [1, 1, 1]},
-    image_size=16,
-    batch_size=32,
-    threads=1,
-    progress=False,
-    plots=False,
-    deterministic=True,
-)
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "output": str(tmp_path), **kw})
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -46,8 +32,8 @@ def without_timing(history):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    ref = fit(tiny(tmp_path, epochs=3, max_steps=3, name="ref"))
-    part = fit(tiny(tmp_path, epochs=3, max_steps=3, name="part", stop_after_epochs=1))
+    ref = fit(tiny_train_config(tmp_path, epochs=3, max_steps=3, name="ref"))
+    part = fit(tiny_train_config(tmp_path, epochs=3, max_steps=3, name="part", stop_after_epochs=1))
     assert part.status == "stopped" and part.epochs_done == 1 and part.model_path is None
     done = fit(resume_config(part.run_dir))
     assert done.status == "completed" and done.run_dir == part.run_dir and done.epochs_done == 3
@@ -60,7 +46,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_with_a_new_learning_rate_follows_it(tmp_path):
-    part = fit(tiny(tmp_path, epochs=2, max_steps=2, name="p", stop_after_epochs=1))
+    part = fit(tiny_train_config(tmp_path, epochs=2, max_steps=2, name="p", stop_after_epochs=1))
     done = fit(resume_config(part.run_dir, lr=0.5, schedule="constant"))
     assert done.history[-1]["lr"] == 0.5
 
@@ -68,8 +54,8 @@ def test_resume_with_a_new_learning_rate_follows_it(tmp_path):
 # ----------------------------------------------------------------- signals (subprocesses)
 def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "shufflenet", "train", "--model", TINY["model"],
-        "--model-kwargs", json.dumps(TINY["model_kwargs"]), "--image-size", "16", "--batch-size", "32",
+        sys.executable, "-m", "shufflenet", "train", "--model", TINY_TRAIN["model"],
+        "--model-kwargs", json.dumps(TINY_TRAIN["model_kwargs"]), "--image-size", "16", "--batch-size", "32",
         "--threads", "1", "--no-progress", "--no-plots", "--deterministic", "--output", str(out),
         "--name", name, *extra,
     ]  # fmt: skip
@@ -103,7 +89,7 @@ def test_sigint_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     assert (state["epoch"], state["step"]) > (1, 0)  # a checkpoint written on the signal
     assert not (run_dir / "model.safetensors").exists()
     done = fit(resume_config(run_dir))
-    ref = fit(tiny(tmp_path, epochs=4, name="ref"))
+    ref = fit(tiny_train_config(tmp_path, epochs=4, name="ref"))
     assert_same_weights(ref.model_path, done.model_path)
 
 
@@ -114,7 +100,7 @@ def test_sigkill_resumes_from_the_last_checkpoint_exactly(tmp_path):
     _, _, state = find_checkpoint(run_dir)
     assert state["step"] == 0 and state["epoch"] < 4
     done = fit(resume_config(run_dir))
-    ref = fit(tiny(tmp_path, epochs=4, name="ref"))
+    ref = fit(tiny_train_config(tmp_path, epochs=4, name="ref"))
     assert_same_weights(ref.model_path, done.model_path)
     assert not list(run_dir.rglob("*.tmp"))  # no temporary file left behind by the atomic writes
 
@@ -123,7 +109,7 @@ def test_sigkill_resumes_from_the_last_checkpoint_exactly(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
-    r = fit(tiny(tmp, epochs=1, max_steps=1, name="r"))
+    r = fit(tiny_train_config(tmp, epochs=1, max_steps=1, name="r"))
     return r.checkpoint, r.checkpoint.with_name(
         r.checkpoint.name.replace(".safetensors", ".state.pt")
     )
@@ -174,7 +160,7 @@ def test_foreign_files_are_clear_errors(tmp_path, monkeypatch):
 def test_mismatched_pair_is_a_clear_error(tmp_path, checkpoint):
     model, state = checkpoint
     (tmp_path / state.name).write_bytes(state.read_bytes())
-    other = fit(tiny(tmp_path, epochs=1, max_steps=1, name="other")).checkpoint
+    other = fit(tiny_train_config(tmp_path, epochs=1, max_steps=1, name="other")).checkpoint
     (tmp_path / model.name).write_bytes(other.read_bytes())
     with pytest.raises(ValueError, match="different saves"):
         find_checkpoint(tmp_path / model.name)

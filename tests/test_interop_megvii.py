@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import state_batch_norm
 
 from shufflenet import create_model, load_model
 from shufflenet.cli.convert import main as convert_main
@@ -80,16 +81,7 @@ def reference_forward(
     """The release's forward pass, functionally: returns logits and [stem, maxpool, unit 0, unit 1, ...]."""
 
     def bn(t, p):
-        return F.batch_norm(
-            t,
-            state[f"{p}.running_mean"],
-            state[f"{p}.running_var"],
-            state[f"{p}.weight"],
-            state[f"{p}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
+        return state_batch_norm(state, p, t)
 
     trace = []
     x = F.relu(bn(F.conv2d(x, state["first_conv.0.weight"], stride=2, padding=1), "first_conv.1"))

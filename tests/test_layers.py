@@ -5,27 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bn_eval, randomize_bn
 from torch import nn
 
 from shufflenet import ConvBnAct, DepthwiseConv2d, DepthwiseSeparableConv2d, SqueezeExcite
-
-
-def randomize_bn(module: nn.Module) -> None:
-    """Give every BatchNorm non-trivial statistics and affine parameters (eval mode then differs from identity)."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-
-
-def bn_eval(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Eval-mode batch norm written out: (x - mean) / sqrt(var + eps) * weight + bias, per channel."""
-    shape = (1, -1, 1, 1)
-    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(shape)
-    return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
 
 
 def test_conv_bn_act_structure_and_forward():

@@ -39,6 +39,14 @@ def test_registry_is_populated():
     assert len(ALL_MODELS) >= 27  # 25 ShuffleNet v1 variants and two AlexNets at least
 
 
+def _logits_then_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Finite (N, num_classes) logits for ``x``, then backward from a random projection of them."""
+    out = model(x)
+    assert out.shape == (len(x), model.num_classes)
+    assert torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_two_sizes_and_backward_reaches_every_parameter(name):
     model = create_model(name)
@@ -46,10 +54,7 @@ def test_forward_two_sizes_and_backward_reaches_every_parameter(name):
 
     # train mode (batch statistics, dropout): finite logits, every parameter gets a gradient
     model.train()
-    out = model(torch.randn(2, 3, h1, w1))
-    assert out.shape == (2, model.num_classes)
-    assert torch.isfinite(out).all()
-    (out * torch.randn_like(out)).sum().backward()
+    _logits_then_backward(model, torch.randn(2, 3, h1, w1))
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: no gradient reaches {pname}"
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
@@ -58,10 +63,7 @@ def test_forward_two_sizes_and_backward_reaches_every_parameter(name):
     # a linear layer and another train-mode BN has an exactly zero gradient, so this is checked in eval mode.)
     model.zero_grad(set_to_none=True)
     model.eval()
-    out = model(torch.randn(2, 3, h2, w2))
-    assert out.shape == (2, model.num_classes)
-    assert torch.isfinite(out).all()
-    (out * torch.randn_like(out)).sum().backward()
+    _logits_then_backward(model, torch.randn(2, 3, h2, w2))
     for pname, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: zero gradient in {pname}"
 

@@ -5,37 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bn_eval, inverse, randomize_bn, shuffle_perm
 from torch import nn
 
 from shufflenet import ChannelShuffle, ChannelUnshuffle, ShuffleUnit, SqueezeExcite
-
-
-def shuffle_perm(channels: int, groups: int) -> list[int]:
-    n = channels // groups
-    return [j * n + i for i in range(n) for j in range(groups)]
-
-
-def inverse(perm: list[int]) -> list[int]:
-    inv = [0] * len(perm)
-    for k, p in enumerate(perm):
-        inv[p] = k
-    return inv
-
-
-def randomize_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.5)
-
-
-def bn(x: torch.Tensor, layer: nn.BatchNorm2d) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    scale = (layer.weight / torch.sqrt(layer.running_var + layer.eps)).view(shape)
-    return (x - layer.running_mean.view(shape)) * scale + layer.bias.view(shape)
 
 
 def unit_reference(u: ShuffleUnit, x: torch.Tensor, mode: str, position: str) -> torch.Tensor:
@@ -44,15 +17,17 @@ def unit_reference(u: ShuffleUnit, x: torch.Tensor, mode: str, position: str) ->
     mid = d.conv.in_channels
     g = e.conv.groups
     perm = {"shuffle": shuffle_perm(mid, g), "unshuffle": inverse(shuffle_perm(mid, g))}.get(mode)
-    out = F.relu(bn(F.conv2d(x, c.conv.weight, groups=c.conv.groups), c.bn))  # 1x1 GConv, BN, ReLU
+    out = F.relu(
+        bn_eval(F.conv2d(x, c.conv.weight, groups=c.conv.groups), c.bn)
+    )  # 1x1 GConv, BN, ReLU
     if perm is not None and position == "before_dw":
         out = out[:, perm]
-    out = bn(
+    out = bn_eval(
         F.conv2d(out, d.conv.weight, stride=u.stride, padding=1, groups=mid), d.bn
     )  # 3x3 DWConv, BN
     if perm is not None and position == "after_dw":
         out = out[:, perm]
-    out = bn(F.conv2d(out, e.conv.weight, groups=g), e.bn)  # 1x1 GConv, BN
+    out = bn_eval(F.conv2d(out, e.conv.weight, groups=g), e.bn)  # 1x1 GConv, BN
     if u.stride == 1:
         return F.relu(x + out)
     return F.relu(torch.cat([F.avg_pool2d(x, 3, 2, 1), out], dim=1))
@@ -67,7 +42,7 @@ def test_unit_equals_functional_reference(mode, position, c_in, c_out, stride, g
     u = ShuffleUnit(
         c_in, c_out, stride=stride, groups=groups, shuffle=mode, shuffle_position=position
     )
-    randomize_bn(u)
+    randomize_bn(u, bias_low=-0.2)
     u.eval()
     x = torch.randn(2, c_in, 7, 6)
     with torch.no_grad():
@@ -106,7 +81,7 @@ def _group_dependence(u: ShuffleUnit, groups: int) -> list[list[bool]]:
 def test_channel_flow_without_shuffle_stays_in_group():
     # Sec. 3.1: stacked group convolutions without shuffle never mix groups
     u = ShuffleUnit(48, 48, groups=3, shuffle="none")
-    randomize_bn(u)
+    randomize_bn(u, bias_low=-0.2)
     dep = _group_dependence(u, 3)
     assert dep == [[j == k for j in range(3)] for k in range(3)]
 
@@ -114,7 +89,7 @@ def test_channel_flow_without_shuffle_stays_in_group():
 @pytest.mark.parametrize("mode", ["shuffle", "unshuffle"])
 def test_channel_flow_with_shuffle_reaches_every_group(mode):
     u = ShuffleUnit(48, 48, groups=3, shuffle=mode)
-    randomize_bn(u)
+    randomize_bn(u, bias_low=-0.2)
     dep = _group_dependence(u, 3)
     assert dep == [[True] * 3 for _ in range(3)]
 
@@ -124,7 +99,7 @@ def test_shuffle_position_is_equivalent_up_to_permuted_depthwise_weights():
     # weights permuted by the inverse permutation (the module docstring's claim)
     before = ShuffleUnit(48, 48, groups=3, shuffle_position="before_dw")
     after = ShuffleUnit(48, 48, groups=3, shuffle_position="after_dw")
-    randomize_bn(before)
+    randomize_bn(before, bias_low=-0.2)
     after.load_state_dict(before.state_dict())
     inv = torch.tensor(inverse(shuffle_perm(12, 3)))
     with torch.no_grad():
@@ -202,7 +177,7 @@ def test_squeeze_excite_variant():
 
 def test_gradcheck_small_unit():
     u = ShuffleUnit(12, 24, stride=2, groups=2).double().eval()
-    randomize_bn(u)
+    randomize_bn(u, bias_low=-0.2)
     x = torch.randn(1, 12, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(u, (x,))
 

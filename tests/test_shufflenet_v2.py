@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import state_batch_norm
 
 from shufflenet import create_model, load_model, profile
 from shufflenet.cli.convert import main as convert_main
@@ -78,16 +79,7 @@ def reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.
     """ShuffleNet v2 inference over a torchvision-layout state dict, with functional ops only."""
 
     def bn(t, p):
-        return F.batch_norm(
-            t,
-            state[f"{p}.running_mean"],
-            state[f"{p}.running_var"],
-            state[f"{p}.weight"],
-            state[f"{p}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
+        return state_batch_norm(state, p, t)
 
     def dw(t, p, stride):
         w = state[f"{p}.weight"]

@@ -8,32 +8,18 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_train_config
 from safetensors.torch import load_file
 
 from shufflenet import load_model, profile
 from shufflenet.distributed import init_distributed
-from shufflenet.train import RECIPES, TrainConfig, fit, resolve
+from shufflenet.train import RECIPES, fit, resolve
 from shufflenet.train.run import Trainer
-
-# A 10k-parameter ShuffleNet on 16x16 digits: one unit per stage.
-TINY = dict(
-    model="shufflenet_v1_g3_x0_25",
-    model_kwargs={"stage_repeats": [1, 1, 1]},
-    image_size=16,
-    batch_size=32,
-    threads=1,
-    progress=False,
-    deterministic=True,
-)
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "output": str(tmp_path), "plots": False, **kw})
 
 
 def test_run_directory_contents(tmp_path):
     threads = torch.get_num_threads()
-    r = fit(tiny(tmp_path, epochs=2, max_steps=4, plots=True, name="run"))
+    r = fit(tiny_train_config(tmp_path, epochs=2, max_steps=4, plots=True, name="run"))
     assert r.status == "completed" and r.epochs_done == 2 and r.run_dir == tmp_path / "run"
     names = {p.name for p in r.run_dir.iterdir()}
     assert {
@@ -81,13 +67,15 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_fit_learns_digits(tmp_path):
-    r = fit(tiny(tmp_path, epochs=4, batch_size=64, lr=0.1))
+    r = fit(tiny_train_config(tmp_path, epochs=4, batch_size=64, lr=0.1))
     assert r.final["val_acc1"] > 0.6, r.history  # chance is 0.1
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 
 def test_paper_recipe_recalibrates_batch_norm(tmp_path):
-    r = fit(tiny(tmp_path, recipe="paper", epochs=1, max_steps=3, bn_recalibrate_batches=5))
+    r = fit(
+        tiny_train_config(tmp_path, recipe="paper", epochs=1, max_steps=3, bn_recalibrate_batches=5)
+    )
     assert r.final["bn_recalibrated"] is True
     final = load_file(r.model_path)
     last = load_file(r.checkpoint)  # weights after the last step, before recalibration
@@ -99,7 +87,7 @@ def test_paper_recipe_recalibrates_batch_norm(tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = resolve(tiny(tmp_path, epochs=3, max_steps=4, name="nan"))
+    cfg = resolve(tiny_train_config(tmp_path, epochs=3, max_steps=4, name="nan"))
     trainer = Trainer(cfg, init_distributed("cpu"))
     real, calls = trainer.optim.criterion, itertools.count()
     trainer.optim.criterion = lambda logits, y: (
@@ -114,11 +102,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_parallel_groups_needs_several_processes(tmp_path):
     with pytest.raises(ValueError, match="launch several"):
-        fit(tiny(tmp_path, epochs=1, max_steps=1, parallel="groups"))
+        fit(tiny_train_config(tmp_path, epochs=1, max_steps=1, parallel="groups"))
 
 
 def test_dataset_errors_surface_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="accepted formats"):
-        fit(tiny(tmp_path, data=str(tmp_path / "missing")))
+        fit(tiny_train_config(tmp_path, data=str(tmp_path / "missing")))
     with pytest.raises(ValueError, match="no full batch"):
-        fit(tiny(tmp_path, batch_size=4096))
+        fit(tiny_train_config(tmp_path, batch_size=4096))

@@ -1,6 +1,6 @@
 """``shufflenet reproduce EXPERIMENT``: run a paper experiment and write a Markdown report beside its figures.
 
-Experiments: ``complexity`` (no data), ``groups``, ``shuffle``, ``alexnet-groups``. ``--budget`` sets the
+Experiments: ``complexity`` (no data), ``groups``, ``shuffle``, ``alexnet-groups``, ``finetune``. ``--budget`` sets the
 training images, test images and epochs (``smoke``: seconds; ``reduced``: minutes on two CPU cores;
 ``full``: the whole dataset, for a GPU); ``--subset``, ``--test-subset`` and ``--epochs`` override it. Each
 experiment's flags are the fields of its configuration class (``shufflenet reproduce EXPERIMENT --help``).

@@ -5,6 +5,11 @@ evaluated at the end. ``--resume RUN_DIR`` continues a run with its saved config
 alongside override it, e.g. ``--epochs``); one process at a time trains into a run directory. ``--nproc N``
 relaunches itself through torchrun for DDP.
 
+Fine-tuning: ``--init MODEL`` starts from a model file or a Megvii v1 / torchvision v2 checkpoint (its
+architecture and input convention are kept, the classifier is re-initialised for the new classes, and a table
+says what was loaded, re-initialised and ignored); ``--freeze-epochs N`` trains only the classifier for the
+first N epochs; ``--backbone-lr-mult F`` sets the backbone's learning rate to F times the classifier's.
+
 Exit status: 0 done (or stopped by ``--stop-after-epochs``), 2 a user error (one line on stderr, before any
 work where possible), 3 the loss or the weights became NaN or infinite (nothing non-finite is saved), 130
 interrupted (a checkpoint was written).
@@ -95,6 +100,12 @@ def _report(result) -> str:
         f"speed       {result.images_per_s:,.0f} training images/s (mean over epochs)",
         f"run         {result.run_dir}",
     ]
+    if cfg.init:
+        frozen = f", backbone frozen for {cfg.freeze_epochs} epochs" if cfg.freeze_epochs else ""
+        lines.insert(
+            2,
+            f"init        {cfg.init} (backbone learning rate x{cfg.backbone_lr_mult:g}{frozen})",
+        )
     lines += [f"  plot      {p}" for p in result.plots]
     lines.append(f"  model     {result.model_path}")
     lines.append(f"next        shufflenet evaluate {result.model_path}")

@@ -7,7 +7,7 @@ from .alexnet import AlexNet
 from .mobilenet_v1 import MobileNetV1
 from .nin import NIN
 from .resnext import ResNeXt
-from .shufflenet_v1 import ShuffleNetV1, shufflenet_v1_channels
+from .shufflenet_v1 import ShuffleNetV1, shufflenet_v1_channels, shufflenet_v1_name
 from .shufflenet_v2 import ShuffleNetV2
 from .xception import Xception
 
@@ -26,4 +26,5 @@ __all__ = [
     "list_models",
     "register_model",
     "shufflenet_v1_channels",
+    "shufflenet_v1_name",
 ]

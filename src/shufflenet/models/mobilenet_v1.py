@@ -14,6 +14,7 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.separable import DepthwiseSeparableConv2d
 from ._features import feature_info
+from ._head import PooledLinearClassifier
 from ._registry import register_model
 from ._variant import variant
 from ._width import scaled_channels
@@ -38,7 +39,7 @@ BLOCKS = (
 )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(PooledLinearClassifier):
     """MobileNet v1. (N, in_chans, H, W) -> logits (N, num_classes).
 
     Args:
@@ -80,14 +81,11 @@ class MobileNetV1(nn.Module):
             last_at[reduction] = (i, out_ch)
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.num_features = in_ch
         # the three deepest reductions: 8, 16, 32 (2, 4, 8 with small_input)
         stage_ends = sorted(last_at.items())[-3:]
         self._stage_ends = tuple(i for _, (i, _) in stage_ends)
         self.feature_info = [feature_info(c, r, f"blocks.{i}") for r, (i, c) in stage_ends]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self._build_head(in_ch, num_classes, drop_rate)
 
     def forward_features(
         self, x: torch.Tensor, return_stages: bool = False
@@ -107,13 +105,6 @@ class MobileNetV1(nn.Module):
             if i in self._stage_ends:
                 maps.append(x)
         return maps
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Registered widths: (name, width multiplier, multiply-adds, parameters at 224x224), Table 6 of the paper.

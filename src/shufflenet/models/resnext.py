@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
+from ._head import PooledLinearClassifier
 from ._registry import register_model
 from ._variant import variant
 
@@ -44,13 +45,14 @@ class ResNeXtBottleneck(nn.Module):
         return self.act(self.conv3(self.conv2(self.conv1(x))) + self.downsample(x))
 
 
-class ResNeXt(nn.Module):
+class ResNeXt(PooledLinearClassifier):
     """ResNeXt. (N, in_chans, H, W) -> logits (N, num_classes).
 
     Args:
         layers: bottleneck blocks per stage (ResNeXt-50: 3, 4, 6, 3).
         cardinality, base_width: ``C`` and ``d`` of "C x d".
         small_input: 3x3 stride-1 stem without max pool (for 32x32 images).
+        drop_rate: dropout before the classifier.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ResNeXt(nn.Module):
         in_chans: int = 3,
         small_input: bool = False,
         stem_channels: int = 64,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -83,20 +86,11 @@ class ResNeXt(nn.Module):
                 in_ch = planes * ResNeXtBottleneck.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.num_features = in_ch
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self._build_head(in_ch, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, num_features, H/32, W/32)."""
         return self.stages(self.pool(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Registered depths, all 32x4d: (name, blocks per stage, description).

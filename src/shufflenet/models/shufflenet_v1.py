@@ -32,11 +32,18 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
 from ._features import feature_info
+from ._head import PooledLinearClassifier
 from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
 
-__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
+__all__ = [
+    "ShuffleNetV1",
+    "shufflenet_v1_channels",
+    "shufflenet_v1_name",
+    "STAGE2_CHANNELS_1X",
+    "WIDTHS",
+]
 
 # Table 1: output channels of Stage2 at width 1x, per number of groups g.
 STAGE2_CHANNELS_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -76,7 +83,7 @@ def shufflenet_v1_channels(
     return stem, (c2, 2 * c2, 4 * c2)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(PooledLinearClassifier):
     """ShuffleNet v1. (N, in_chans, H, W) -> logits (N, num_classes).
 
     Args:
@@ -160,16 +167,13 @@ class ShuffleNetV1(nn.Module):
                 in_ch = out_ch
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
-        self.num_features = in_ch
         # stem and max pool divide by 4 (1 with small_input), every stage's first unit by 2
         first = 1 if small_input else 4
         self.feature_info = [
             feature_info(c, first * 2 ** (i + 1), f"stages.{i}")
             for i, c in enumerate(stage_channels)
         ]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
+        self._build_head(in_ch, num_classes, drop_rate, bias=classifier_bias)
         init_weights(self)
 
     def forward_features(
@@ -190,26 +194,22 @@ class ShuffleNetV1(nn.Module):
             maps.append(x)
         return maps
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
-        x = self.head_drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _width_tag(width_mult: float) -> str:
-    """0.25 -> ``x0_25``, 0.5 -> ``x0_5``, 1.0 -> ``x1_0``, 1.5 -> ``x1_5``."""
+def shufflenet_v1_name(groups: int, width_mult: float) -> str:
+    """The registered name of ShuffleNet v1 with ``groups`` and ``width_mult``: (3, 0.25) ->
+    ``shufflenet_v1_g3_x0_25``, (8, 1.0) -> ``shufflenet_v1_g8_x1_0``, (3, 1.5) -> ``shufflenet_v1_g3_x1_5``.
+    """
     if width_mult < 1:
-        return f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
-    return f"x{width_mult:.1f}".replace(".", "_")
+        tag = f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
+    else:
+        tag = f"x{width_mult:.1f}".replace(".", "_")
+    return f"shufflenet_v1_g{groups}_{tag}"
 
 
 def _register() -> None:
     for groups in STAGE2_CHANNELS_1X:
         for width_mult in WIDTHS:
-            name = f"shufflenet_v1_g{groups}_{_width_tag(width_mult)}"
+            name = shufflenet_v1_name(groups, width_mult)
             doc = f"ShuffleNet v1 {width_mult}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
             register_model(variant(ShuffleNetV1, name, doc, groups=groups, width_mult=width_mult))
 

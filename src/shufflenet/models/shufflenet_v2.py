@@ -30,6 +30,7 @@ from torch import nn
 from ..layers.group_conv import DepthwiseConv2d, GroupConv2d, PointwiseGroupConv2d
 from ..ops.channel_shuffle import ChannelShuffle
 from ._features import feature_info
+from ._head import PooledLinearClassifier
 from ._init import init_weights
 from ._registry import register_model
 from ._variant import variant
@@ -109,7 +110,7 @@ class ShuffleNetV2Unit(nn.Module):
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}"
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(PooledLinearClassifier):
     """ShuffleNet v2. (N, in_chans, H, W) -> logits (N, num_classes); any input size.
 
     Args:
@@ -179,7 +180,6 @@ class ShuffleNetV2(nn.Module):
             in_ch = out_ch
         last = stage_channels[-1]
         self.conv5 = nn.Sequential(PointwiseGroupConv2d(in_ch, last), norm_layer(last), act_layer())
-        self.num_features = last
         # Conv1 and the max pool divide by 4 (1 with small_input), every stage's first unit by 2; the last
         # stage's map is taken after Conv5
         first = 1 if small_input else 4
@@ -189,9 +189,7 @@ class ShuffleNetV2(nn.Module):
             feature_info(c, first * 2 ** (i + 1), m)
             for i, (c, m) in enumerate(zip(widths, modules))
         ]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(last, num_classes)
+        self._build_head(last, num_classes, drop_rate)
         init_weights(self)
 
     def forward_features(
@@ -211,14 +209,6 @@ class ShuffleNetV2(nn.Module):
             maps.append(x)
         maps[-1] = self.conv5(x)
         return maps if return_stages else maps[-1]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
-        x = self.head_drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _register() -> None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.separable import DepthwiseSeparableConv2d
+from ._head import PooledLinearClassifier
 from ._registry import register_model
 from ._variant import variant
 from ._width import scaled_channels
@@ -66,13 +67,14 @@ class XceptionBlock(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
-class Xception(nn.Module):
+class Xception(PooledLinearClassifier):
     """Xception. (N, in_chans, H, W) -> logits; 299x299 in the paper, any size >= 71 px works.
 
     Args:
         middle_blocks: repeats of the middle flow (8 in the paper).
         width_mult: scales every channel count (1.0 = the paper), rounded to a multiple of 8 (at least 8);
             for small experiments.
+        drop_rate: dropout before the classifier.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Xception(nn.Module):
         in_chans: int = 3,
         middle_blocks: int = 8,
         width_mult: float = 1.0,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if width_mult <= 0:
@@ -109,20 +112,11 @@ class Xception(nn.Module):
             _separable(ch[1536], ch[2048]),
             nn.ReLU(),
         )
-        self.num_features = ch[2048]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self._build_head(ch[2048], num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, num_features, ~H/32, ~W/32)."""
         return self.exit(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Model files written before the width multiplier had its common name pass ``width``.

@@ -135,35 +135,36 @@ torch.fx.wrap("channel_shuffle")
 torch.fx.wrap("channel_unshuffle")
 
 
-class ChannelShuffle(nn.Module):
-    """Module form of :func:`channel_shuffle`."""
+class _ChannelPermutation(nn.Module):
+    """A channel permutation of ``groups`` groups; ``inverse`` as for :func:`channel_shuffle_indices`.
 
-    inverse = False  # as for channel_shuffle_indices(channels, self.groups, self.inverse)
+    Each subclass's ``forward`` calls its function by name, so that ``torch.fx.symbolic_trace`` records it.
+    """
+
+    inverse: bool
 
     def __init__(self, groups: int) -> None:
         super().__init__()
         check_groups_arg(groups)
         self.groups = groups
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+class ChannelShuffle(_ChannelPermutation):
+    """Module form of :func:`channel_shuffle`."""
+
+    inverse = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(x, self.groups)
 
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"
 
-
-class ChannelUnshuffle(nn.Module):
+class ChannelUnshuffle(_ChannelPermutation):
     """Module form of :func:`channel_unshuffle`."""
 
-    inverse = True  # as for channel_shuffle_indices(channels, self.groups, self.inverse)
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        check_groups_arg(groups)
-        self.groups = groups
+    inverse = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_unshuffle(x, self.groups)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"

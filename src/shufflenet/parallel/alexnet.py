@@ -28,7 +28,13 @@ from .comm import ParallelContext
 from .functional import allreduce_grads_of
 from .layers import HaloLocalResponseNorm, SeededDropout
 from .layout import ChannelLayout
-from .modules import CopyToShards, GatherChannels, InputCheck, SelectChannels, convert_layout
+from .modules import (
+    CopyToShards,
+    GatherChannels,
+    GroupParallelModel,
+    SelectChannels,
+    convert_layout,
+)
 from .sharding import check_elementwise, conv_input_layout, shard_conv, shard_linear
 
 __all__ = ["GroupParallelAlexNet", "ParallelConv2d", "ParallelLinear"]
@@ -36,28 +42,24 @@ __all__ = ["GroupParallelAlexNet", "ParallelConv2d", "ParallelLinear"]
 _PER_CHANNEL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-class ParallelConv2d(nn.Conv2d):
+class _WithCollectives:
+    """Mixin for a layer class: ``pre`` and ``post`` collectives (identity until set) around its ``forward``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pre: nn.Module = nn.Identity()
+        self.post: nn.Module = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(super().forward(self.pre(x)))
+
+
+class ParallelConv2d(_WithCollectives, nn.Conv2d):
     """A sharded or replicated conv with its collectives: ``post(conv(pre(x)))``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.pre: nn.Module = nn.Identity()
-        self.post: nn.Module = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(super().forward(self.pre(x)))
-
-
-class ParallelLinear(nn.Linear):
+class ParallelLinear(_WithCollectives, nn.Linear):
     """A sharded or replicated linear layer with its collectives: ``post(linear(pre(x)))``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.pre: nn.Module = nn.Identity()
-        self.post: nn.Module = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(super().forward(self.pre(x)))
 
 
 class _Converter:
@@ -143,7 +145,7 @@ class _Converter:
         return out, layout, layouts
 
 
-class GroupParallelAlexNet(nn.Module):
+class GroupParallelAlexNet(GroupParallelModel):
     """Group-parallel form of an :class:`AlexNet`; ``forward`` returns the full logits on every rank."""
 
     def __init__(
@@ -155,16 +157,8 @@ class GroupParallelAlexNet(nn.Module):
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
+        self._adopt(model, ctx, dense, check_inputs, ("groups", "num_classes", "num_features"))
         P = ctx.world_size
-        if model.groups % P:
-            raise ValueError(f"world size P={P} must divide the number of groups g={model.groups}")
-        for attr in ("groups", "num_classes", "num_features"):
-            setattr(self, attr, getattr(model, attr))
-        if hasattr(model, "model_cfg"):
-            self.model_cfg = copy.deepcopy(model.model_cfg)
-        self.parallel_context, self.dense = ctx, dense
-        self.input_check = InputCheck(ctx) if check_inputs else nn.Identity()
-        self.input_grad = CopyToShards(ctx)  # sums the input batch's gradient, if it has one
         conv = _Converter(ctx, dense, seed)
         in_chans = model.features[0].in_channels
         self.features, layout, _ = conv.convert(
@@ -198,6 +192,3 @@ class GroupParallelAlexNet(nn.Module):
         if pre_logits:
             return self.pre_logits_gather(self.classifier[:-1](x))
         return self.logits_gather(self.classifier(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -7,6 +7,8 @@ sets it to the module's qualified name.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -22,6 +24,7 @@ __all__ = [
     "SelectChannels",
     "InputCheck",
     "convert_layout",
+    "GroupParallelModel",
 ]
 
 
@@ -173,3 +176,35 @@ def convert_layout(
     if dst.is_replicated:
         return GatherChannels(src, ctx, grad_mode)
     return Exchange(src, dst, ctx)
+
+
+class GroupParallelModel(nn.Module):
+    """Base of the group-parallel forms of a model: ``forward`` is ``forward_head(forward_features(x))``.
+
+    A subclass calls :meth:`_adopt` first in its constructor, then builds its shards.
+    """
+
+    def _adopt(
+        self,
+        model: nn.Module,
+        ctx: ParallelContext,
+        dense: str,
+        check_inputs: bool,
+        attrs: tuple[str, ...],
+    ) -> None:
+        """Check that the world size divides ``model.groups``, copy ``attrs`` and ``model_cfg`` from ``model``,
+        and add the input's check (if ``check_inputs``) and gradient reduction.
+        """
+        P = ctx.world_size
+        if model.groups % P:
+            raise ValueError(f"world size P={P} must divide the number of groups g={model.groups}")
+        for attr in attrs:
+            setattr(self, attr, getattr(model, attr))
+        if hasattr(model, "model_cfg"):
+            self.model_cfg = copy.deepcopy(model.model_cfg)
+        self.parallel_context, self.dense = ctx, dense
+        self.input_check = InputCheck(ctx) if check_inputs else nn.Identity()
+        self.input_grad = CopyToShards(ctx)  # sums the input batch's gradient, if it has one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -32,7 +32,13 @@ from .comm import ParallelContext
 from .functional import allreduce_grads_of
 from .layers import SeededDropout
 from .layout import ChannelLayout, shuffle_permutation
-from .modules import CopyToShards, GatherChannels, InputCheck, SelectChannels, convert_layout
+from .modules import (
+    CopyToShards,
+    GatherChannels,
+    GroupParallelModel,
+    SelectChannels,
+    convert_layout,
+)
 from .sharding import (
     check_elementwise,
     conv_input_layout,
@@ -150,7 +156,7 @@ class ParallelShuffleUnit(nn.Module):
         return self.act(torch.cat([self.shortcut(x), out], dim=1))
 
 
-class GroupParallelShuffleNetV1(nn.Module):
+class GroupParallelShuffleNetV1(GroupParallelModel):
     """Group-parallel form of a :class:`ShuffleNetV1`; ``forward`` returns the full logits on every rank.
 
     ``forward_features`` returns this rank's channel shard of the features (layout ``feature_layout``).
@@ -165,16 +171,9 @@ class GroupParallelShuffleNetV1(nn.Module):
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
+        attrs = ("groups", "width_mult", "num_classes", "num_features", "stage_channels")
+        self._adopt(model, ctx, dense, check_inputs, attrs)
         P, r = ctx.world_size, ctx.rank
-        if model.groups % P:
-            raise ValueError(f"world size P={P} must divide the number of groups g={model.groups}")
-        for attr in ("groups", "width_mult", "num_classes", "num_features", "stage_channels"):
-            setattr(self, attr, getattr(model, attr))
-        if hasattr(model, "model_cfg"):
-            self.model_cfg = copy.deepcopy(model.model_cfg)
-        self.parallel_context, self.dense = ctx, dense
-        self.input_check = InputCheck(ctx) if check_inputs else nn.Identity()
-        self.input_grad = CopyToShards(ctx)  # sums the input batch's gradient, if it has one
         self.stem = copy.deepcopy(model.stem)
         self.pool = copy.deepcopy(model.pool)
         # the stem's output gradient stays partial per rank; its few parameter gradients are all-reduced
@@ -218,6 +217,3 @@ class GroupParallelShuffleNetV1(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.head_gather(self.global_pool(x).flatten(1)))  # (N, num_features)
         return x if pre_logits else self.logits_gather(self.fc(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -18,6 +18,9 @@ Recipes:
 Choosing the other optimiser than the recipe's brings that optimiser's defaults (:data:`OPTIMIZER_DEFAULTS`):
 SGD with Nesterov momentum, 0.02 per 64 images, weight decay 5e-4; AdamW 2e-3, weight decay 0.05.
 A learning rate with ``lr_batch`` scales linearly with the global batch size: ``lr * batch_size / lr_batch``.
+
+Fine-tuning (``init``, see :mod:`shufflenet.train.finetune`): ``backbone_lr_mult`` defaults to
+:data:`INIT_BACKBONE_LR_MULT` (0.1) with ``init``, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_EPOCHS",
     "MAX_IMAGE_SIZE",
+    "INIT_BACKBONE_LR_MULT",
 ]
 
 DEFAULT_MODEL = "shufflenet_v1_g3_x0_5"
@@ -75,6 +79,8 @@ MAX_IMAGE_SIZE = 4096  # pixels per side: one 3x4096x4096 float image is 200 MB
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
 PARALLEL = ("auto", "none", "ddp", "groups")
+INIT_STRICT = ("on", "off")
+INIT_BACKBONE_LR_MULT = 0.1  # the backbone's default rate relative to the classifier's, with init
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -99,6 +105,24 @@ class TrainConfig:
     )
     model_kwargs: dict[str, Any] = _f(
         {}, "extra model constructor arguments, JSON (e.g. '{\"drop_rate\": 0.1}')"
+    )
+    # fine-tuning (see shufflenet.train.finetune)
+    init: str | None = _f(
+        None,
+        "start from these weights: a shufflenet model file, a Megvii v1 or torchvision v2 checkpoint, "
+        "or a state dict of --model; the architecture and input convention come from the file",
+    )
+    init_strict: str = _f(
+        "on",
+        "'on': a tensor outside the classifier that does not fit is an error; 'off': load what fits",
+        choices=INIT_STRICT,
+    )
+    freeze_epochs: int = _f(
+        0, "train only the classifier for the first N epochs (backbone batch norm in eval mode)"
+    )
+    backbone_lr_mult: float | None = _f(
+        None,
+        "backbone learning rate as a multiple of the classifier's; default 0.1 with --init, else 1",
     )
     # data
     batch_size: int = _f(64, "global batch size (split evenly across processes)")
@@ -189,6 +213,7 @@ def _check(cfg: TrainConfig) -> None:
         ("optimizer", OPTIMIZERS),
         ("schedule", SCHEDULES),
         ("parallel", PARALLEL),
+        ("init_strict", INIT_STRICT),
     ):
         value = getattr(cfg, name)
         if value is not None and value not in allowed:
@@ -235,6 +260,14 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(
             f"lr={cfg.lr!r} must be a positive finite number (at most {_FLOAT32_MAX:.3g})"
         )
+    freeze = cfg.freeze_epochs
+    if not isinstance(freeze, int) or isinstance(freeze, bool) or not 0 <= freeze <= cfg.epochs:
+        raise ValueError(
+            f"freeze_epochs={freeze!r} must be a whole number of epochs from 0 to epochs={cfg.epochs}"
+        )
+    mult = cfg.backbone_lr_mult
+    if mult is not None and not 0 <= mult <= _FLOAT32_MAX:
+        raise ValueError(f"backbone_lr_mult={mult!r} must be a finite number >= 0")
     if not 0 < cfg.val_fraction < 1:
         raise ValueError(f"val_fraction={cfg.val_fraction} must lie strictly between 0 and 1")
 
@@ -249,4 +282,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     filled = {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in recipe.items()}
     if cfg.lr is None and lr_batch:
         filled["lr"] = recipe["lr"] * cfg.batch_size / lr_batch
+    if cfg.backbone_lr_mult is None:
+        filled["backbone_lr_mult"] = INIT_BACKBONE_LR_MULT if cfg.init else 1.0
     return cfg.replace(**filled)

@@ -61,12 +61,14 @@ def prepare_data(
     ctx: DistContext,
     train_set: Dataset | None = None,
     val_set: Dataset | None = None,
+    spec: InputSpec | None = None,
 ) -> tuple[TrainConfig, RunData]:
     """Read (or take) the datasets, resolve the data and device fields of ``cfg``, build the loaders.
 
     ``train_set``/``val_set`` given ready (both or neither) are used instead of reading ``cfg.data``; they
     follow the dataset protocol of :mod:`shufflenet.data` (``classes``, ``mean``/``std``, optionally
-    ``image_size``, ``channels``, ``hflip``, ``name``).
+    ``image_size``, ``channels``, ``hflip``, ``name``). ``spec``: the input convention to use instead of the
+    data's (that of the weights a fine-tuning run starts from).
     """
     if (train_set is None) != (val_set is None):
         raise ValueError("give both train_set and val_set, or neither (then config.data is read)")
@@ -80,7 +82,13 @@ def prepare_data(
         train_set = build_dataset(cfg.data, True, cfg.val_fraction, size_hint)
         val_set = build_dataset(cfg.data, False, cfg.val_fraction, size_hint)
     classes = list(train_set.classes)
-    spec = default_spec(train_set, cfg.image_size, cfg.in_chans)
+    if spec is None:
+        spec = default_spec(train_set, cfg.image_size, cfg.in_chans)
+    elif cfg.in_chans is not None and cfg.in_chans != spec.in_chans:
+        raise ValueError(
+            f"in_chans={cfg.in_chans} contradicts the {spec.in_chans}-channel input of the initial weights "
+            f"(channel order {spec.channel_order}); leave it out"
+        )
     in_memory = getattr(train_set, "image_size", None) is not None
     cfg = cfg.replace(
         image_size=spec.image_size,

@@ -43,6 +43,7 @@ from ..model_file import save_model
 from .checkpoint import save_checkpoint, save_shard_state
 from .config import TrainConfig, resolve
 from .engine import EpochStats, EvalResult, evaluate, recalibrate_bn, train_one_epoch
+from .finetune import BackboneFreezer, finetune_param_groups, init_spec, read_init
 from .loaders import prepare_data
 from .metrics import MetricsWriter
 from .model import build_model, check_outputs, describe_model, prepare_model
@@ -141,9 +142,19 @@ class Trainer:
         _seed_everything(cfg.seed, cfg.deterministic)
         self.mode = resolve_parallel(cfg.parallel, ctx)
         ctx.shard_data = self.mode != "groups"
-        cfg, self.data = prepare_data(cfg, ctx, train_set, val_set)
+        init = self._check_finetune(cfg, model)
+        spec = init_spec(init.spec, cfg.image_size) if init and init.spec else None
+        cfg, self.data = prepare_data(cfg, ctx, train_set, val_set, spec)
         self.classes, self.spec = self.data.classes, self.data.spec
-        if model is None:
+        if init is not None:
+            model, report = init.build(len(self.classes), cfg.init_strict == "on", self.classes)
+            cfg = describe_model(cfg, model)
+            if not cfg.resume:
+                self._log(f"initial weights: {init.path} ({init.source})")
+                for note in init.notes:
+                    self._log(f"  {note}")
+                self._log(report.table())
+        elif model is None:
             small = self.spec.image_size <= 64
             model, small_input = build_model(cfg, len(self.classes), self.spec.in_chans, small)
             cfg = cfg.replace(small_input=small_input)
@@ -152,7 +163,16 @@ class Trainer:
             cfg = describe_model(cfg, model)
         self.cfg = cfg
         self.net = prepare_model(cfg, model, self.spec, self.mode, ctx)
-        self.optim = build_optimisation(cfg, self.net.plain, self.data.steps_per_epoch, ctx.device)
+        groups = None
+        if cfg.backbone_lr_mult != 1.0:
+            groups = finetune_param_groups(
+                self.net.plain, cfg.weight_decay, cfg.lr, cfg.backbone_lr_mult
+            )
+        self.optim = build_optimisation(
+            cfg, self.net.plain, self.data.steps_per_epoch, ctx.device, groups
+        )
+        # after the optimiser, which must hold the backbone's parameters for when they thaw
+        self.freezer = BackboneFreezer(self.net.plain) if cfg.freeze_epochs else None
         if cfg.resume:
             self.progress, self.run_dir = restore(
                 cfg.resume, cfg, self.net, self.optim, self.mode, ctx
@@ -164,6 +184,24 @@ class Trainer:
         self.last_eval: EvalResult | None = None
         self._stop = threading.Event()
         self.metrics = MetricsWriter(self.run_dir, cfg.tensorboard) if self.main else None
+
+    def _check_finetune(self, cfg: TrainConfig, model: nn.Module | None):
+        """The initial weights of a fine-tuning run (``None`` without ``cfg.init``), read before any data;
+        fine-tuning options the parallel mode cannot honour are errors."""
+        if cfg.init is not None and model is not None:
+            raise ValueError(f"give a ready model or init={cfg.init!r}, not both")
+        tuning = cfg.init is not None or cfg.freeze_epochs or cfg.backbone_lr_mult != 1.0
+        if tuning and self.mode == "groups":
+            raise ValueError(
+                "init, freeze_epochs and backbone_lr_mult are not available in group-parallel training "
+                "(parallel='groups')"
+            )
+        if cfg.freeze_epochs and self.mode == "ddp":
+            raise ValueError(
+                f"freeze_epochs={cfg.freeze_epochs} is not available with DDP (parameters that start "
+                "and stop receiving gradients); use one process, or freeze_epochs=0"
+            )
+        return read_init(cfg) if cfg.init is not None else None
 
     def close(self) -> None:
         """Release the run directory (also done at the end of :meth:`run`)."""
@@ -178,6 +216,7 @@ class Trainer:
 
     def _provenance(self) -> dict[str, Any]:
         return {
+            **({"init": self.cfg.init} if self.cfg.init else {}),
             "data": self.cfg.data,
             "val_fraction": self.cfg.val_fraction,
             "run_dir": str(self.run_dir),
@@ -260,6 +299,16 @@ class Trainer:
         loader. What changes with the epoch (e.g. a backbone frozen for the first epochs) belongs here, as a
         function of the epoch, so that a resumed run does the same."""
         set_epoch(self.data.train_loader, self.progress.epoch, self.progress.step)
+        if self.freezer is not None:
+            frozen = self.progress.epoch < self.cfg.freeze_epochs
+            if frozen != self.freezer.frozen:
+                n = self.cfg.freeze_epochs
+                self._log(
+                    f"backbone frozen (classifier only) for epochs 1-{n}"
+                    if frozen
+                    else f"backbone unfrozen from epoch {n + 1}"
+                )
+            self.freezer.set(frozen)
 
     def _train_epoch(self) -> str | None:
         p, data = self.progress, self.data
@@ -430,6 +479,8 @@ class Trainer:
             try:
                 status = self._loop()
             finally:
+                if self.freezer is not None:
+                    self.freezer.set(False)
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
                 if self.metrics is not None:

@@ -14,6 +14,7 @@ from ..outputs import write_json
 from .alexnet_groups import AlexNetGroupsConfig, run_alexnet_groups
 from .common import BUDGETS, ReproduceOptions, TrainingExperiment, TrainingStopped
 from .complexity import ComplexityConfig, run_complexity
+from .finetune import FinetuneConfig, run_finetune
 from .groups import GroupsConfig, run_groups
 from .shuffle import ShuffleConfig, run_shuffle
 
@@ -23,6 +24,7 @@ __all__ = [
     "AlexNetGroupsConfig",
     "ComplexityConfig",
     "Experiment",
+    "FinetuneConfig",
     "GroupsConfig",
     "ReproduceOptions",
     "ShuffleConfig",
@@ -58,6 +60,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         run_alexnet_groups,
         AlexNetGroupsConfig,
         "two-group AlexNet's conv1 filters by group, with a colour measure",
+    ),
+    "finetune": Experiment(
+        run_finetune,
+        FinetuneConfig,
+        "ShuffleNet 0.5x pretrained on CIFAR-10 classes 0-4, fine-tuned on a small folder of classes 5-9, "
+        "against training from scratch, several seeds",
     ),
 }
 

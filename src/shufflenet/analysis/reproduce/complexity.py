@@ -143,28 +143,14 @@ def run_complexity(opts: ComplexityConfig) -> dict:
     md.h2("Deep Roots: NIN on CIFAR-10 (32x32) and AlexNet (224x224)")
     t3 = []
     record_nin = []
-    for root, p in pub.DEEP_ROOTS_NIN.items():
-        name = "nin_cifar10" if root == 1 else f"nin_root{root}"
+    # (registered name, published counts, input side) of every Deep Roots model
+    deep_roots = [
+        ("nin_cifar10" if root == 1 else f"nin_root{root}", p, 32)
+        for root, p in pub.DEEP_ROOTS_NIN.items()
+    ] + [(f"alexnet_g{groups}", p, 224) for groups, p in pub.DEEP_ROOTS_ALEXNET.items()]
+    for name, p, side in deep_roots:
         model = create_model(name)
-        rep = profile(model, 32)
-        b = _biases(model)
-        t3.append(
-            [
-                name,
-                fmt_int(p["params"]),
-                fmt_int(rep.params),
-                fmt_int(p["macs"]),
-                fmt_int(rep.macs),
-                fmt_int(rep.macs + b),
-            ]
-        )
-        record_nin.append(
-            {"model": name, "params": rep.params, "macs": rep.macs, "biases": b, "published": p}
-        )
-    for groups, p in pub.DEEP_ROOTS_ALEXNET.items():
-        name = f"alexnet_g{groups}"
-        model = create_model(name)
-        rep = profile(model, 224)
+        rep = profile(model, side)
         b = _biases(model)
         t3.append(
             [

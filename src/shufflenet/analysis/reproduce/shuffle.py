@@ -20,7 +20,7 @@ import torch
 
 from ...complexity import profile
 from ...data import default_spec
-from ...models import create_model
+from ...models import create_model, shufflenet_v1_name
 from .. import published as pub
 from ..flow import measured_flow
 from ..outputs import write_csv, write_json
@@ -67,19 +67,14 @@ class ShuffleConfig(TrainingExperiment):
             raise ValueError(f"seeds={list(self.seeds)} must be distinct, at least one")
 
 
-def _model_name(g: int, width: float) -> str:
-    tag = (
-        f"x{width:.2f}".rstrip("0").replace(".", "_")
-        if width < 1
-        else f"x{width:.1f}".replace(".", "_")
-    )
-    return f"shufflenet_v1_g{g}_{tag}"
-
-
 def _flow_panel(g: int, width: float, shuffle: str, in_chans: int) -> tuple[str, np.ndarray, float]:
     torch.manual_seed(0)
     model = create_model(
-        _model_name(g, width), num_classes=10, small_input=True, shuffle=shuffle, in_chans=in_chans
+        shufflenet_v1_name(g, width),
+        num_classes=10,
+        small_input=True,
+        shuffle=shuffle,
+        in_chans=in_chans,
     )
     # Stage 3 (stages[1]): every 1x1 conv in it is grouped (stage 2's first one is dense, Table 1).
     flow = measured_flow(model.stages[1], model.stage_channels[0], g, input_size=(4, 4))
@@ -113,7 +108,7 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
 
     def build(g: int, w: float, shuffle: str) -> torch.nn.Module:
         return create_model(
-            _model_name(g, w),
+            shufflenet_v1_name(g, w),
             num_classes=len(train_ds.classes),
             in_chans=spec.in_chans,
             small_input=True,
@@ -125,11 +120,11 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
             for seed in opts.seeds:
                 run_opts = dataclasses.replace(opts, seed=seed)
                 for shuffle in ("shuffle", "none"):
-                    key = f"{_model_name(g, w)}/{shuffle}/seed{seed}"
+                    key = f"{shufflenet_v1_name(g, w)}/{shuffle}/seed{seed}"
                     if g == 1 and shuffle == "none":  # the same function: check, do not retrain
                         same = _same_function(trained_g1[w, seed], build(g, w, "none"), probe)
                         control[key] = same
-                        res = dict(results[f"{_model_name(g, w)}/shuffle/seed{seed}"])
+                        res = dict(results[f"{shufflenet_v1_name(g, w)}/shuffle/seed{seed}"])
                         res.update(shuffle="none", same_function_as_shuffle=same)
                         results[key] = res
                         continue
@@ -159,7 +154,7 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
         for g in groups:
             errs = {
                 m: [
-                    100 * (1 - results[f"{_model_name(g, w)}/{m}/seed{s}"]["test_top1"])
+                    100 * (1 - results[f"{shufflenet_v1_name(g, w)}/{m}/seed{s}"]["test_top1"])
                     for s in opts.seeds
                 ]
                 for m in ("shuffle", "none")
@@ -193,7 +188,7 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
         for g in groups:
             row = summary[f"{w}/{g}"]
             paper = pub.SHUFFLENET_TABLE3.get((w, g))
-            s1 = results[f"{_model_name(g, w)}/shuffle/seed{opts.seeds[0]}"]
+            s1 = results[f"{shufflenet_v1_name(g, w)}/shuffle/seed{opts.seeds[0]}"]
             gap_rows.append(
                 [
                     f"{w}x, g={g}" + (" (control)" if g == 1 else ""),
