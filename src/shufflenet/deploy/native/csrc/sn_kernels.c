@@ -360,7 +360,7 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
                 const vf M0 = v_loadf(row - 1, mC, fill), M1 = v_loadf(row - 1 + VW, mD, fill);
                 const vf E = v_even(L0, L1), O = v_odd(L0, L1), M = v_even(M0, M1);
                 if (is_max) {
-                    acc = v_max(acc, v_max(M, v_max(E, O)));
+                    acc = v_maxp(acc, v_maxp(M, v_maxp(E, O)));
                 } else {
                     acc = v_fma(wv[3 * dy], M, acc);
                     acc = v_fma(wv[3 * dy + 1], E, acc);
@@ -524,7 +524,7 @@ static void maxpool_row(const float *const rows[3], int W, float *out, int OW)
             const float *row = rows[dy] + xs;
             const vf L0 = v_loadf(row, mA, ninf), L1 = v_loadf(row + VW, mB, ninf);
             const vf M0 = v_loadf(row - 1, mC, ninf), M1 = v_loadf(row - 1 + VW, mD, ninf);
-            acc = v_max(acc, v_max(v_even(M0, M1), v_max(v_even(L0, L1), v_odd(L0, L1))));
+            acc = v_maxp(acc, v_maxp(v_even(M0, M1), v_maxp(v_even(L0, L1), v_odd(L0, L1))));
         }
         v_storem(out + ox0, acc, v_mask_n(OW - ox0));
     }
