@@ -384,3 +384,15 @@ def test_nan_input_gives_nan_logits_every_isa(lib):
                     x = base.clone()
                     x[pos] = float("nan")
                     _check_nan(native, m, x)
+
+
+def test_thread_plan_policy():
+    from shufflenet.deploy.native.module import thread_plan
+
+    one = thread_plan(1, 2)  # fewer images than threads: all threads on each image
+    assert (one.threads, one.mode, one.nsets) == (2, 0, 1)
+    many = thread_plan(5, 2)  # one image per thread, a workspace set per thread
+    assert (many.threads, many.mode, many.nsets, many.adaptive) == (2, 1, 2, False)
+    single = thread_plan(3, 1)
+    assert (single.threads, single.mode, single.adaptive) == (1, 0, False)
+    assert thread_plan(1, None).threads == max(1, torch.get_num_threads())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 OP_PACK, OP_CONV, OP_PW, OP_DW, OP_POOL, OP_GAP, OP_FC = 1, 2, 3, 4, 5, 6, 7
 ACT_NONE, ACT_RELU = 0, 1
@@ -51,7 +51,7 @@ class SnPlan(ctypes.Structure):
         ("batch", _i32),
         ("mode", _i32),
         ("nsets", _i32),
-        ("reserved", _i32),
+        ("adaptive", _i32),
         ("ops", ctypes.POINTER(SnOp)),
         ("slot_cs", ctypes.POINTER(ctypes.c_int64)),
         ("slot_img", ctypes.POINTER(ctypes.c_int64)),

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define SN_ABI_VERSION 3
+#define SN_ABI_VERSION 4
 
 #define SN_API __attribute__((visibility("default")))
 
@@ -52,7 +52,8 @@ typedef struct sn_op {
 
 typedef struct sn_plan {
     int32_t nops, nslots, batch, mode; /* mode 0: all threads on one image at a time; 1: one image per thread */
-    int32_t nsets, reserved;          /* workspace sets in ws (mode 1: one per thread) */
+    int32_t nsets;                    /* workspace sets in ws (mode 1: one per thread) */
+    int32_t adaptive;                 /* mode 0, threads > 1: may run on one thread when that measures faster */
     const sn_op *ops;
     const int64_t *slot_cs;           /* [nslots] plane stride (floats) */
     const int64_t *slot_img;          /* [nslots] image stride (floats), used for slots 0 and 1 */
