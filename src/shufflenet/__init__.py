@@ -9,6 +9,7 @@ Quick tour::
     report = shufflenet.profile(model, 224)                # parameters and multiply-adds per layer
 """
 
+from . import quantize  # a callable module: shufflenet.quantize(model, images) is quantize.quantize
 from .checkpoint import ModelInfo, load_model, save_model
 from .complexity import ComplexityReport, profile
 from .data.spec import InputSpec
@@ -54,6 +55,7 @@ __all__ = [
     "list_models",
     "load_model",
     "profile",
+    "quantize",
     "register_model",
     "save_model",
 ]
