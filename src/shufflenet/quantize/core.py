@@ -14,7 +14,9 @@ from torch import nn
 from ..deploy.fold import NotSupportedError
 from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
 from ..deploy.native.lower import Program, lower
+from ..deploy.native.module import NativeModule
 from .calibrate import METHODS, Observer, choose_clip, pw_weight, run_float
+from .native import lower_int8
 from .program import QOp, QProgram, QValue, qrange, requant
 
 __all__ = ["QuantizedModel", "quantize", "run_int8", "input_batches"]
@@ -227,7 +229,7 @@ def run_int8(prog: QProgram, x: torch.Tensor) -> torch.Tensor:
     out = (
         out.float()
         if prog.values[prog.output].flat
-        else (out * prog.values[prog.output].scale).float()
+        else out.float() * np.float32(prog.values[prog.output].scale)
     )
     if nan.any():
         out[nan] = float("nan")
@@ -241,6 +243,8 @@ class QuantizedModel(nn.Module):
     Input ``(N, C, H, W)`` float32, normalised as for the float model; output float32 (logits).
     Attributes: ``program`` (:class:`~shufflenet.quantize.program.QProgram`), ``method``, ``arch_cfg``.
     """
+
+    precision = "int8"
 
     def __init__(
         self, program: QProgram, method: str = "mse", arch_cfg: dict | None = None
@@ -258,6 +262,13 @@ class QuantizedModel(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
         return run_int8(self.program, x.detach().cpu())
+
+    def native(self, isa: str | None = None, num_threads: int | None = None) -> NativeModule:
+        """The same int8 model on the native engine (the integers of :func:`run_int8` exactly). Raises
+        NativeUnavailable (no compiler) or NotSupportedError (a layout its kernels do not run)."""
+        return NativeModule(
+            program=lower_int8(self.program), isa=isa, num_threads=num_threads, int8=True
+        )
 
     def train(self, mode: bool = True) -> QuantizedModel:
         if mode:

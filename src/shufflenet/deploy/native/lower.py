@@ -45,6 +45,10 @@ from ._abi import (
     OP_GAP,
     OP_POOL,
     OP_PW,
+    OP_QCONV,
+    OP_QDW,
+    OP_QGAP,
+    OP_QMAX,
     POOL_AVG,
     POOL_MAX,
 )
@@ -78,13 +82,21 @@ class Op:
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
     kidx: np.ndarray | None = None  # PW: [groups * K] input channel of each reduction row
-    # PW, FC, CONV: weights repacked for the instruction set (set by NativeModule)
+    # PW, FC, CONV: weights repacked for the instruction set (set by NativeModule); int8 ops: packed words
     wp: torch.Tensor | None = None
+    # int8 ops (see csrc/sn_int8.h): requantisation, clamp, signedness, and the op's int32 table (koff)
+    m: torch.Tensor | None = None
+    comp: torch.Tensor | None = None
+    m_res: float = 0.0
+    lo: int = 0
+    hi: int = 0
+    qflags: int = 0
+    table: np.ndarray | None = None
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.kind in (OP_GAP, OP_FC):
+        if self.kind in (OP_GAP, OP_FC, OP_QGAP):
             return 1, 1
-        if self.kind in (OP_CONV, OP_DW, OP_POOL) and self.stride == 2:
+        if self.kind in (OP_CONV, OP_DW, OP_POOL, OP_QCONV, OP_QDW, OP_QMAX) and self.stride == 2:
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         if self.kind == OP_CONV and self.pool:  # fused 3x3/2 max pool
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1

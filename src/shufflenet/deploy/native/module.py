@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ._abi import (
+    ISA_NAMES,
     OP_CONV,
     OP_DW,
     OP_FC,
@@ -33,6 +34,13 @@ from ._abi import (
     OP_PACK,
     OP_POOL,
     OP_PW,
+    OP_QCONV,
+    OP_QDW,
+    OP_QGAP,
+    OP_QMAX,
+    OP_QOUT,
+    OP_QPACK,
+    OP_QPW,
     SnOp,
     SnPlan,
 )
@@ -57,7 +65,7 @@ def halo_geometry(h: int, w: int) -> tuple[int, int]:
 
 def _reads_raw_ok(op: Op) -> bool:
     """Ops that mask every load, so they may read the caller's plain NCHW planes directly."""
-    return op.kind == OP_CONV or (op.kind in (OP_DW, OP_POOL) and op.stride == 2)
+    return op.kind in (OP_CONV, OP_QPACK) or (op.kind in (OP_DW, OP_POOL) and op.stride == 2)
 
 
 @dataclass
@@ -129,7 +137,7 @@ def _spatial_sizes(ops: list[Op], h: int, w: int) -> dict[int, tuple[int, int]]:
     hw: dict[int, tuple[int, int]] = {0: (h, w)}
     for op in ops:
         sh, sw = hw[op.src]
-        if op.kind in (OP_CONV, OP_DW, OP_POOL) and op.stride == 2 and (sh < 1 or sw < 1):
+        if op.stride == 2 and (sh < 1 or sw < 1):
             raise ValueError(f"input {h}x{w} is too small for this model")
         out = op.out_hw(sh, sw)
         if op.dst in hw and hw[op.dst] != out:
@@ -277,11 +285,22 @@ def _c_ops(
             koff = _plane_offsets(op.kidx, cs[o.src])
             keep.append(koff)
             o.koff = koff.ctypes.data
+        if op.table is not None:
+            table = np.ascontiguousarray(op.table, dtype=np.int32)
+            keep.append(table)
+            o.koff = table.ctypes.data
+        o.qflags, o.lo, o.hi, o.m_res = op.qflags, op.lo, op.hi, op.m_res
+        if op.kind == OP_QGAP:  # the mean's 1 / pixels, as the PyTorch int8 runtime rounds it
+            o.m_res = float(np.float32(op.m_res / (sh * sw)))
+        for name in ("m", "comp"):
+            t = getattr(op, name)
+            if t is not None:
+                setattr(o, name, t.data_ptr())
         if op.kind == OP_DW and op.stride == 1:
             masks = _border_masks(sh, sw, vw)
             keep.append(masks)
             o.masks = masks.ctypes.data
-        if op.kind in (OP_GAP, OP_FC) and (op.kind == OP_FC) != flat[op.src]:
+        if op.kind in (OP_GAP, OP_QGAP, OP_FC) and (op.kind == OP_FC) != flat[op.src]:
             raise ValueError("internal error: flat/planar mismatch")
     return arr, keep
 
@@ -309,31 +328,48 @@ def _bind(
 
 
 class NativeModule(nn.Module):
-    """Inference-only module that runs ``model`` through the native engine (CPU, float32).
+    """Inference-only module that runs ``model`` through the native engine (CPU).
 
     Args:
         model: a module the engine can lower (see :mod:`.lower`); it is read, never modified.
         isa: ``"avx512"``, ``"avx2"`` or ``"generic"`` to force an instruction set (default: the best this CPU
             runs, or ``$SHUFFLENET_NATIVE_ISA``).
-        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time); see the package
-            docstring for the fallback to one thread under contention.
+        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time); see
+            :func:`thread_plan`.
+        program: an already lowered program instead of ``model`` (the int8 one of
+            :meth:`shufflenet.quantize.QuantizedModel.native`).
+        int8: ``program`` runs int8 kernels: the AVX-512 ones need VNNI (without it the AVX2 ones run), and
+            an image with a NaN pixel gets NaN outputs (int8 has no NaN).
 
-    Input ``(N, C, H, W)`` float32 on the CPU in any memory format; output as the model's (logits ``(N, K)``
-    or an NCHW feature map).
+    Input ``(N, C, H, W)`` float32 on the CPU in any memory format; output float32 as the model's (logits
+    ``(N, K)`` or an NCHW feature map).
     """
 
     def __init__(
-        self, model: nn.Module, isa: str | None = None, num_threads: int | None = None
+        self,
+        model: nn.Module | None = None,
+        isa: str | None = None,
+        num_threads: int | None = None,
+        *,
+        program: Program | None = None,
+        int8: bool = False,
     ) -> None:
         super().__init__()
-        was_training = model.training
-        model.eval()
-        try:
-            self.program = lower(model)
-        finally:
-            model.train(was_training)
+        if program is None:
+            if model is None:
+                raise TypeError("NativeModule needs a model or a program")
+            was_training = model.training
+            model.eval()
+            try:
+                program = lower(model)
+            finally:
+                model.train(was_training)
+        self.program = program
+        self.int8 = int8
         self.lib = get_library()
         self.isa = self.lib.resolve_isa(isa)
+        if int8 and ISA_NAMES[self.isa] == "avx512" and not self.lib.cdll.sn_cpu_vnni():
+            self.isa = ISA_NAMES.index("avx2")
         self.num_threads = num_threads
         self.in_channels = self.program.values[0].channels
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
@@ -348,8 +384,6 @@ class NativeModule(nn.Module):
 
     @property
     def isa_name(self) -> str:
-        from ._abi import ISA_NAMES
-
         return ISA_NAMES[self.isa]
 
     def _get_bound(self, n: int, h: int, w: int, tp: ThreadPlan) -> _Bound:
@@ -385,6 +419,10 @@ class NativeModule(nn.Module):
         )
         if rc != 0:
             raise RuntimeError(f"native engine failed with code {rc}")
+        if self.int8:
+            nan = torch.isnan(x).flatten(1).any(1)
+            if nan.any():
+                y[nan] = float("nan")
         return y
 
     def profile(self, x: torch.Tensor, repeats: int = 10) -> list[dict]:
@@ -416,6 +454,13 @@ class NativeModule(nn.Module):
             OP_POOL: "pool",
             OP_GAP: "gap",
             OP_FC: "fc",
+            OP_QPACK: "quantize",
+            OP_QCONV: "conv3x3-int8",
+            OP_QPW: "pw-int8",
+            OP_QDW: "dw-int8",
+            OP_QMAX: "maxpool-int8",
+            OP_QGAP: "gap-int8",
+            OP_QOUT: "dequantize",
         }
         for i in range(nops):
             o = b.plan.ops[i]
@@ -427,6 +472,12 @@ class NativeModule(nn.Module):
                 macs = o.OH * o.OW * o.cout * 9
             elif o.kind == OP_FC:
                 macs = o.K * o.N
+            elif o.kind == OP_QPW:
+                macs = o.H * o.W * o.K * o.cout
+            elif o.kind == OP_QCONV:
+                macs = o.OH * o.OW * o.cout * o.cin * 9
+            elif o.kind == OP_QDW:
+                macs = o.OH * o.OW * o.cout * 9
             else:
                 macs = 0
             name = names.get(o.kind, "?")
@@ -447,4 +498,5 @@ class NativeModule(nn.Module):
         return rows
 
     def extra_repr(self) -> str:
-        return f"isa={self.isa_name}, ops={len(self.program.ops)}, num_threads={self.num_threads}"
+        prec = ", int8" if self.int8 else ""
+        return f"isa={self.isa_name}{prec}, ops={len(self.program.ops)}, num_threads={self.num_threads}"

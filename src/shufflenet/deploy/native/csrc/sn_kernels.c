@@ -648,6 +648,8 @@ static void pack_run(const sn_op *op, float *const *slot, const int64_t *cs, int
                slot[op->src] + (ptrdiff_t)(op->src_coff + c) * si, bytes);
 }
 
+#include "sn_int8.h"
+
 /* ---------------------------------------------------------------------------------------------------------
  * Work split and dispatch.
  * ------------------------------------------------------------------------------------------------------- */
@@ -671,6 +673,20 @@ static int op_nchunks(const sn_op *op, int T)
     case SN_OP_FC:
         return split_count((double)op->K * op->N, T, CDIV(op->N, FC_B));
     case SN_OP_PACK:
+        return split_count(P * op->cout, T, op->cout);
+    case SN_OP_QPW: {
+        int nblk;
+        return split_count(P * op->K * op->cout / 8.0, T, qpw_units(op, &nblk));
+    }
+    case SN_OP_QDW:
+    case SN_OP_QMAX:
+        return split_count(9.0 * OP * op->cout / 4.0, T, op->OH);
+    case SN_OP_QCONV:
+        return split_count(9.0 * OP * op->cout * CDIV(op->cin, 4) / 4.0, T, op->OH);
+    case SN_OP_QGAP:
+    case SN_OP_QPACK:
+        return split_count(P * op->cout, T, CDIV(op->cout, 4));
+    case SN_OP_QOUT:
         return split_count(P * op->cout, T, op->cout);
     default:
         return 1;
@@ -699,6 +715,27 @@ static void op_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
         break;
     case SN_OP_PACK:
         pack_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QPW:
+        qpw_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QDW:
+        qdw_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QMAX:
+        qmax_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QCONV:
+        qconv_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QGAP:
+        qgap_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QPACK:
+        qpack_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QOUT:
+        qout_run(op, slot, cs, chunk, n);
         break;
     default:
         break;

@@ -75,6 +75,17 @@ SN_API int sn_isa_mask(void)
     return m;
 }
 
+/* 1 if this CPU has AVX-512 VNNI, which the AVX-512 int8 kernels use (else int8 runs the AVX2 ones) */
+SN_API int sn_cpu_vnni(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 SN_API int sn_abi_version(void) { return SN_ABI_VERSION; }
 SN_API int sn_vector_width(int isa) { return vtab_for(isa)->vw; }
 SN_API int sn_sizeof_op(void) { return (int)sizeof(sn_op); }
