@@ -23,7 +23,7 @@ if (
 ):
     sys.path.insert(0, str(_SRC))
 
-from shufflenet.models import create_model as _create_model  # noqa: E402
+from shufflenet import create_model as _create_model  # noqa: E402
 from shufflenet.models import get_model_factory as _get_model_factory  # noqa: E402
 from shufflenet.models import list_models as _list_models  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shufflenet import create_model
-from shufflenet.train.distributed import DistContext
+from shufflenet.distributed import DistContext
 from shufflenet.train.engine import EpochStats, train_one_epoch
 
 

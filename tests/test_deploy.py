@@ -234,8 +234,8 @@ def test_onnx_export_and_runtime(tmp_path):
     from shufflenet.deploy.onnx import (
         OnnxRuntimeModule,
         OnnxRuntimeRunner,
+        check_onnx,
         export_onnx,
-        verify_onnx,
     )
 
     m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
@@ -254,7 +254,8 @@ def test_onnx_export_and_runtime(tmp_path):
         _close(runner(x), ref)
         _close(torch.from_numpy(runner(x.numpy())), ref)
         _close(OnnxRuntimeModule(data)(x), ref)
-    assert verify_onnx(m, data, input_size=40) <= 1e-4
+    check = check_onnx(m, data, input_size=40)
+    assert check.nonfinite == 0 and check.ok(1e-4, 1e-4), check
 
 
 def test_onnx_export_metadata_output_name_and_strict_exporter():

@@ -14,8 +14,7 @@ from shufflenet import create_model, save_model
 from shufflenet.cli.export import main as export_main
 from shufflenet.data.spec import InputSpec
 from shufflenet.deploy.fold import fold_batchnorm
-from shufflenet.deploy.onnx import export_onnx
-from shufflenet.interop import check_onnx, summarize_onnx
+from shufflenet.deploy.onnx import OUTPUT_NAME, check_onnx, export_onnx, summarize_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -97,9 +96,8 @@ def test_checkpoint_to_onnx_to_ort_end_to_end(tmp_path, capsys):
     ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "tiny.onnx"
     save_model(ckpt, model, input_spec=spec)
 
-    assert (
-        export_main([str(ckpt), "--onnx", str(out)]) == 0
-    )  # dynamo exporter, example size from spec
+    # the library's default exporter, example size from the spec
+    assert export_main([str(ckpt), "--onnx", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference" in printed
     assert "BatchNormalization nodes: 0" in printed
@@ -162,3 +160,30 @@ def test_static_spatial_size_for_non_global_pooling(tmp_path):
     check = check_onnx(model, path, input_size=32, dynamic_spatial=False)
     assert check.shapes == [(1, 3, 32, 32), (2, 3, 32, 32)]
     assert check.ok(1e-4, 1e-4), check
+
+
+def test_default_output_name_is_logits_for_library_and_cli(tmp_path):
+    model = _randomize_bn(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    proto = onnx.load_from_string(export_onnx(model, None, input_size=32))
+    assert OUTPUT_NAME == "logits"
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    ckpt, out = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    save_model(ckpt, model, input_spec=InputSpec(image_size=32))
+    assert export_main([str(ckpt), "--onnx", str(out)]) == 0
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["logits"]
+
+
+def test_check_fails_on_nan_weights(tmp_path, capsys):
+    model = _randomize_bn(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path / "nan.onnx"
+    export_onnx(model, path, input_size=32)
+    check = check_onnx(model, path, input_size=32)
+    assert check.nonfinite == sum(s[0] for s in check.shapes) * 10  # every logit
+    assert not check.ok(1e9, 1e9)
+    ckpt = tmp_path / "nan.safetensors"
+    save_model(ckpt, model, input_spec=InputSpec(image_size=32))
+    assert export_main([str(ckpt), "--onnx", str(tmp_path / "cli.onnx")]) == 1
+    assert "not finite" in capsys.readouterr().err

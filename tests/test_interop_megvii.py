@@ -264,11 +264,17 @@ def test_create_megvii_v1_matches_release_layout():
         create_megvii_v1(3, "3.0x")
 
 
-def test_create_model_refuses_megvii_file_with_a_hint(tmp_path):
+def test_create_model_converts_a_megvii_file_in_memory(tmp_path):
+    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=5)
     path = tmp_path / "m.pth"
-    _save_release_file(path, megvii_state(3, RELEASE[(3, "0.5x")]))
-    with pytest.raises(ValueError, match="convert --from megvii"):
-        create_model("shufflenet_v1_g3_x0_5", weights=path)
+    _save_release_file(path, state)
+    model = create_model("shufflenet_v1_g3_x0_5", weights=path)
+    x = torch.rand(2, 3, 224, 224) * 255  # BGR 0-255, the release's convention
+    ref = reference_forward(state, 3, x)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="not 'shufflenet_v1_g8_x0_5'"):
+        create_model("shufflenet_v1_g8_x0_5", weights=path)
 
 
 def test_damaged_state_dicts_are_reported():

@@ -269,6 +269,8 @@ def _fail(rank, world, mode, report):
     if rank == 1:
         if mode == "crash":
             raise RuntimeError("injected failure on rank 1")
+        if mode == "killed":
+            os._exit(3)
         time.sleep(60)  # stuck: rank 0 must time out long before this
         return None
     start = time.monotonic()
@@ -281,7 +283,7 @@ def _fail(rank, world, mode, report):
     return None
 
 
-@pytest.mark.parametrize("mode", ["crash", "stuck"])
+@pytest.mark.parametrize("mode", ["crash", "killed", "stuck"])
 def test_failing_rank_fails_the_others_fast(tmp_path, mode):
     report = tmp_path / "rank0.txt"
     start = time.monotonic()
@@ -293,6 +295,10 @@ def test_failing_rank_fails_the_others_fast(tmp_path, mode):
     assert time.monotonic() - start < 45
     if mode == "crash":
         assert "injected failure on rank 1" in str(info.value)
+    if mode == "killed":  # the survivor names the rank whose process exited
+        assert "rank 1 (pid " in message and "exited" in message
+    elif mode == "stuck":  # a stuck rank is alive: nothing to name, the timeout is the explanation
+        assert "rank 1 (pid" not in message and "process-group timeout" in message
     assert "GroupParallelError" in str(info.value)
 
 

@@ -137,6 +137,8 @@ def test_bad_inputs():
         quantize(m, torch.randn(1, 3, 32, 32), method="kl")
     with pytest.raises(TypeError):
         quantize("resnet", torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="1 channels; the model takes 3"):
+        quantize(m, torch.randn(2, 1, 32, 32))
     se = _randomize(ShuffleUnit(24, 24, 1, 3, se=True))
     with pytest.raises(NotSupportedError, match="squeeze-and-excitation.*float32"):
         quantize(se, torch.randn(1, 24, 8, 8))
@@ -170,6 +172,13 @@ def test_int8_file_round_trip(tmp_path):
     assert not is_int8_file(tmp_path / "float.safetensors")
     with pytest.raises(ValueError, match="not an int8 model file"):
         load_quantized(tmp_path / "float.safetensors")
+    # the one model argument resolves an int8 file to its int8 model
+    resolved = shufflenet.resolve_model(path)
+    assert isinstance(resolved.model, QuantizedModel) and resolved.source == "int8"
+    assert resolved.input_spec == spec and resolved.class_names == list("abcdefghij")
+    assert torch.equal(resolved.model(x), q(x))
+    with pytest.raises(ValueError, match="architecture"):
+        shufflenet.resolve_model(path, arch="mobilenet_v1_x0_25")
     (tmp_path / "bad.safetensors").write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError):
         load_quantized(tmp_path / "bad.safetensors")
@@ -205,6 +214,26 @@ def test_cli_quantize_reports_accuracy(tmp_path, capsys):
     q, info = load_quantized(out)
     assert info.input_spec == spec and info.class_names == list(data.classes)
     assert info.extra["calibration_images"] == 16
+
+
+def test_cli_quantize_registered_name(tmp_path, capsys):
+    out = tmp_path / "q.safetensors"
+    args = [
+        "quantize",
+        "shufflenet_v1_g2_x0_25",
+        str(out),
+        "--data",
+        "builtin",
+        "--calib-images",
+        "8",
+    ]
+    assert cli_main(args + ["--val-images", "8"]) == 0
+    assert "agreement" in capsys.readouterr().out
+    # an int8 model cannot be quantised again
+    assert (
+        cli_main(["quantize", str(out), str(tmp_path / "q2.safetensors"), "--data", "builtin"]) == 2
+    )
+    assert "already an int8 model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

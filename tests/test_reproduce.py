@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from shufflenet import load_model
-from shufflenet.analysis.reproduce import BUDGETS, EXPERIMENTS, ReproduceOptions, run_experiment
+from shufflenet import create_model, load_model
+from shufflenet.analysis.reproduce import (
+    BUDGETS,
+    EXPERIMENTS,
+    ComplexityConfig,
+    GroupsConfig,
+    ReproduceOptions,
+    ShuffleConfig,
+    run_experiment,
+)
+from shufflenet.analysis.reproduce.common import load_splits, train_eval
 from shufflenet.cli import reproduce as cli
 
 
 @pytest.mark.slow  # profiles AlexNet and nine other models at full size
 def test_complexity_report_matches_published_counts(tmp_path) -> None:
-    opts = ReproduceOptions(out=tmp_path, extra={"groups": [3], "widths": [0.5, 1.0]})
+    opts = ComplexityConfig(out=tmp_path, groups=[3], widths=[0.5, 1.0])
     results = run_experiment("complexity", opts)
     rows = {r["model"]: r for r in results["deep_roots"]}
     # Deep Roots Table 1 / the AlexNet figures of the same work, as literals
@@ -38,6 +48,8 @@ def test_budget_fills_unset_options_only() -> None:
     assert opts.epochs == 3 and opts.subset == BUDGETS["smoke"]["subset"]
     with pytest.raises(ValueError, match="budget='huge'"):
         ReproduceOptions(out="x", budget="huge")
+    groups = GroupsConfig(out="x", data="builtin", budget="smoke")
+    assert groups.corr_images == BUDGETS["smoke"]["corr_images"] and groups.epochs == 1
 
 
 def test_training_experiments_need_data(tmp_path, capsys) -> None:
@@ -60,6 +72,8 @@ SMOKE = [
     "40",
     "--test-subset",
     "20",
+    "--batch-size",
+    "16",
     "--no-progress",
 ]
 
@@ -103,3 +117,53 @@ def test_alexnet_groups_smoke_on_builtin_digits(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "single-channel" in report  # no colour measure for grey digits
     assert (out / "conv1_filters.png").stat().st_size > 0
+
+
+def _tiny_model():
+    return create_model(
+        "shufflenet_v1_g3_x0_25",
+        num_classes=10,
+        in_chans=1,
+        small_input=True,
+        stage_repeats=[1, 1, 1],
+    )
+
+
+def test_reports_train_through_fit_with_their_recipe(tmp_path) -> None:
+    opts = ShuffleConfig(
+        out=tmp_path, data="builtin", budget="smoke", subset=48, test_subset=30, epochs=2,
+        batch_size=16, threads=1, save_checkpoints=True,
+    )  # fmt: skip
+    train_ds, test_ds = load_splits(opts)
+    assert len(train_ds) == 48 and len(test_ds) == 30
+    res = train_eval(_tiny_model(), train_ds, test_ds, opts, "tiny/shuffle")
+    # 3 steps per epoch, 6 in all, warm-up over round(10% of 6) = 1 step, then half a cosine to 0
+    peak, total, warm = 0.05 * 16 / 64, 6, 1
+    expected = [peak * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))) for s in (3, 6)]
+    assert [row["lr"] for row in res["history"]] == pytest.approx(expected, abs=1e-12)
+    assert [row["epoch"] for row in res["history"]] == [1, 2]
+    assert res["test_images"] == 30 and res["test_top1"] == res["history"][-1]["val_acc1"]
+    run = tmp_path / "runs" / "tiny_shuffle"  # the run directory of `shufflenet train`
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer"] == "sgd" and config["nesterov"] is True
+    assert config["weight_decay"] == 5e-4 and config["model"] == "shufflenet_v1_g3_x0_25"
+    assert config["model_kwargs"] == {"stage_repeats": [1, 1, 1]} and config["small_input"] is True
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_diverging_report_stops_with_status_3(tmp_path, capsys) -> None:
+    args = ["shuffle", *SMOKE, "--groups", "3", "--lr", "1e30", "--threads", "1"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and "--lr" in err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_experiment_options_are_typed_and_checked(tmp_path, capsys) -> None:
+    with pytest.raises(TypeError, match="GroupsConfig"):
+        run_experiment("groups", ShuffleConfig(out=tmp_path, data="builtin"))
+    with pytest.raises(ValueError, match="roots"):
+        GroupsConfig(out=tmp_path, data="builtin", roots=[0])
+    with pytest.raises(SystemExit):  # a flag of another experiment
+        cli.main(["shuffle", "--data", "builtin", "--roots", "2"])
+    assert "--roots" in capsys.readouterr().err

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from shufflenet import load_model, profile
+from shufflenet.distributed import init_distributed
 from shufflenet.train import RECIPES, TrainConfig, fit, resolve
-from shufflenet.train.distributed import init_distributed
 from shufflenet.train.run import Trainer
 
 # A 10k-parameter ShuffleNet on 16x16 digits: one unit per stage.
@@ -101,8 +101,8 @@ def test_paper_recipe_recalibrates_batch_norm(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = resolve(tiny(tmp_path, epochs=3, max_steps=4, name="nan"))
     trainer = Trainer(cfg, init_distributed("cpu"))
-    real, calls = trainer.criterion, itertools.count()
-    trainer.criterion = lambda logits, y: (
+    real, calls = trainer.optim.criterion, itertools.count()
+    trainer.optim.criterion = lambda logits, y: (
         real(logits, y) * (float("nan") if next(calls) == 6 else 1.0)
     )
     r = trainer.run()

@@ -49,6 +49,16 @@ def test_switching_optimizer_brings_its_defaults():
         ({"schedule": "step"}, "schedule='step'"),
         ({"epochs": 0}, "epochs=0"),
         ({"hflip": 2.0}, "hflip=2.0"),
+        ({"threads": -2}, "threads=-2 must be a positive integer"),
+        ({"threads": 0}, "threads=0 must be a positive integer"),
+        ({"image_size": 0}, "image_size=0 must be a whole number of pixels from 1 to 4096"),
+        ({"image_size": 100000}, "image_size=100000 must be a whole number"),
+        ({"in_chans": 2}, "in_chans=2 must be 1"),
+        ({"model_kwargs": {"in_chans": 3}}, "set by in_chans"),
+        ({"val_fraction": 1.0}, "val_fraction=1.0"),
+        ({"lr": 1e39}, "lr=1e[+]39 must be a positive finite number"),
+        ({"lr": float("nan")}, "lr=nan must be"),
+        ({"lr": -0.1}, "lr=-0.1 must be"),
     ],
 )
 def test_bad_options_are_clear_errors(kw, message):
@@ -100,6 +110,23 @@ def test_scheduler_drives_the_optimizer_per_step():
         sched.step()
     assert lrs[0] == 0.5 and math.isclose(lrs[4], 0.25) and math.isclose(lrs[-1], 0.5 / 8)
     assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_a_group_with_its_own_rate_follows_the_schedule_at_that_rate():
+    cfg = resolve(TrainConfig(recipe="paper", epochs=2, batch_size=1024))  # linear decay from 0.5
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = [
+        {"params": model[0].parameters(), "lr": 0.1 * cfg.lr},  # "backbone" at a tenth
+        {"params": model[1].parameters()},
+    ]
+    opt = build_optimizer(cfg, model, groups)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=4)
+    for step in range(8):
+        factor = 1 - step / 8
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * factor, abs=1e-15)
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * factor, abs=1e-15)
+        opt.step()
+        sched.step()
 
 
 def test_cli_flags_map_to_config_fields():

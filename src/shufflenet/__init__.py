@@ -10,9 +10,9 @@ Quick tour::
 """
 
 from . import quantize  # a callable module: shufflenet.quantize(model, images) is quantize.quantize
-from .checkpoint import ModelInfo, load_model, save_model
 from .complexity import ComplexityReport, profile
 from .data.spec import InputSpec
+from .factory import LoadReport, ResolvedModel, create_model, load_matching, resolve_model
 from .layers import (
     ConvBnAct,
     DepthwiseConv2d,
@@ -22,7 +22,8 @@ from .layers import (
     ShuffleUnit,
     SqueezeExcite,
 )
-from .models import ShuffleNetV1, create_model, list_models, register_model
+from .model_file import ModelInfo, load_model, read_info, save_model
+from .models import ShuffleNetV1, list_models, register_model
 from .ops import (
     ChannelShuffle,
     ChannelUnshuffle,
@@ -42,8 +43,10 @@ __all__ = [
     "DepthwiseSeparableConv2d",
     "GroupConv2d",
     "InputSpec",
+    "LoadReport",
     "ModelInfo",
     "PointwiseGroupConv2d",
+    "ResolvedModel",
     "ShuffleNetV1",
     "ShuffleUnit",
     "SqueezeExcite",
@@ -53,9 +56,12 @@ __all__ = [
     "create_model",
     "grouped_conv2d_reference",
     "list_models",
+    "load_matching",
     "load_model",
     "profile",
     "quantize",
+    "read_info",
     "register_model",
+    "resolve_model",
     "save_model",
 ]

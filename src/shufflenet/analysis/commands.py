@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..data import build_transform, make_loader
+from ..data.subsets import dataset_split
 from .correlation import LayerCorrelation, layer_correlation
 from .filters import FilterGroups, filter_groups
 from .flow import chain_layers, gconv_stack, measured_flow, structural_flow
@@ -62,8 +64,7 @@ def correlate_checkpoint(
 ) -> tuple[LayerCorrelation, dict[str, Path]]:
     """Load a model file, stream ``max_images`` images of ``data`` through it and write the correlation of
     ``layers[0]`` and ``layers[1]``."""
-    from ..checkpoint import load_model
-    from .data import dataset_split, loader_for
+    from ..model_file import load_model
 
     if len(layers) != 2:
         raise ValueError(f"give exactly two layers, got {list(layers)}")
@@ -71,7 +72,7 @@ def correlate_checkpoint(
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
     model, info = load_model(checkpoint, map_location=device)
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = loader_for(ds, info.input_spec, train=False, batch_size=batch_size)
+    loader = make_loader(ds, build_transform(info.input_spec, False), batch_size, False)
     result = layer_correlation(
         model, loader, layers[0], layers[1], groups, max_images, eps, device, progress
     )

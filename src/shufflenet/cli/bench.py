@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
             return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
-    from ..models import create_model
+    from ..factory import create_model
 
     try:
         model = create_model(args.model, weights=args.weights)

@@ -1,6 +1,6 @@
 """``shufflenet convert --from {megvii,torchvision} IN OUT``: published checkpoint -> shufflenet model file.
 
-The output (``.safetensors`` with JSON metadata, see :mod:`shufflenet.checkpoint`) records the architecture and
+The output (``.safetensors`` with JSON metadata, see :mod:`shufflenet.model_file`) records the architecture and
 the input convention of the weights, so ``evaluate``, ``predict`` and ``export`` use it directly. The input is
 read with ``torch.load(weights_only=True)``: nothing in it is executed.
 """
@@ -13,26 +13,20 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_model
-from ..interop.megvii import MEGVII_V1_INPUT_SPEC, convert_megvii_v1
+from ..interop.releases import RELEASES, convert_release
 from ..interop.torch_files import load_torch_state_dict
-from ..interop.torchvision_v2 import convert_torchvision_v2, torchvision_v2_input_spec
-
-SOURCES = {
-    "megvii": "ShuffleNet v1 of megvii-model/ShuffleNet-Series (ShuffleNetV1), g=3 or g=8, 0.5x-2.0x",
-    "torchvision": "torchvision shufflenet_v2_x0_5 / x1_0 / x1_5 / x2_0 state dicts",
-}
+from ..model_file import save_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shufflenet convert",
         description="Convert a published checkpoint (.pth) into a shufflenet model file (.safetensors). "
-        "Sources: " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()),
+        "Sources: " + "; ".join(f"{k}: {v}" for k, v in RELEASES.items()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--from", dest="source", required=True, choices=sorted(SOURCES), help="checkpoint layout"
+        "--from", dest="source", required=True, choices=sorted(RELEASES), help="checkpoint layout"
     )
     p.add_argument("input", type=Path, help="the published checkpoint (torch.save file)")
     p.add_argument("output", type=Path, help="model file to write (.safetensors)")
@@ -58,23 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         state = load_torch_state_dict(args.input)
-        if args.source == "megvii":
-            model, config = convert_megvii_v1(state)
-            spec = MEGVII_V1_INPUT_SPEC
-            extra = {
-                "converted_from": "megvii-model/ShuffleNet-Series ShuffleNetV1",
-                "source_file": args.input.name,
-                "groups": config.groups,
-                "model_size": config.model_size,
-            }
-            what = (
-                f"Megvii ShuffleNet v1 g={config.groups} {config.model_size or '(custom widths)'}"
-            )
-        else:
-            model, config = convert_torchvision_v2(state)
-            spec = torchvision_v2_input_spec(config.width_mult)
-            extra = {"converted_from": "torchvision shufflenet_v2", "source_file": args.input.name}
-            what = f"torchvision ShuffleNet v2 {config.width_mult or '(custom widths)'}x"
+        converted = convert_release(state, args.source, file_name=args.input.name)
+        model, spec, extra, what = (
+            converted.model,
+            converted.input_spec,
+            converted.extra,
+            converted.description,
+        )
         num_classes = model.num_classes
         class_names = _read_class_names(args.class_names, num_classes) if args.class_names else None
         with torch.no_grad():  # the converted model must run; a quick smoke test at a small size

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_model
 from ..data import build_dataset, build_transform, make_loader
-from ..train.distributed import DistContext, resolve_device
+from ..distributed import DistContext, resolve_device
+from ..model_file import load_model
 from ..train.engine import evaluate
 from ..train.metrics import plot_confusion
 

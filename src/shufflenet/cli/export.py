@@ -12,7 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_model
+from ..deploy.onnx import (
+    DEFAULT_EXPORTER,
+    DEFAULT_OPSET,
+    EXPORTERS,
+    check_onnx,
+    export_onnx,
+    onnx_metadata,
+    summarize_onnx,
+)
+from ..model_file import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset",
         type=int,
         default=None,
-        help="ONNX opset; unset: the exporter's default (the dynamo exporter writes 18 or newer)",
+        help=f"ONNX opset; unset: {DEFAULT_OPSET} (the dynamo exporter may write a newer one)",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=DEFAULT_EXPORTER,
+        help="'auto': TorchScript unless the model has adaptive pooling to a fixed size, then dynamo",
     )
     p.add_argument(
         "--dynamo",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch.export-based exporter (--no-dynamo: the TorchScript one)",
+        dest="exporter",
+        action="store_const",
+        const="dynamo",
+        help="same as --exporter dynamo (the torch.export-based exporter)",
+    )
+    p.add_argument(
+        "--no-dynamo",
+        dest="exporter",
+        action="store_const",
+        const="torchscript",
+        help="same as --exporter torchscript",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to max |output|")
@@ -58,14 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dynamic_spatial = not args.static_size
     try:
-        from ..deploy.onnx import export_onnx
-        from ..interop.onnx_export import (
-            EXPORT_OUTPUT_NAME,
-            check_onnx,
-            onnx_metadata,
-            summarize_onnx,
-        )
-
         model, info = load_model(args.checkpoint)
         size = args.input_size or info.input_spec.image_size
         if size < 1:
@@ -76,12 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             args.onnx,
             input_size=size,
             in_chans=in_chans,
-            opset=args.opset,
-            exporter="dynamo" if args.dynamo else "torchscript",
+            opset=DEFAULT_OPSET if args.opset is None else args.opset,
+            exporter=args.exporter,
             fallback=False,
             dynamic_spatial=dynamic_spatial,
             metadata=onnx_metadata(model, info.input_spec),
-            output_name=EXPORT_OUTPUT_NAME,
         )
         summary = summarize_onnx(args.onnx)
     except (OSError, ValueError, ImportError, RuntimeError) as e:
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"wrote {args.onnx} ({args.onnx.stat().st_size / 1e6:.2f} MB, opset {summary.opset}, "
-        f"{'dynamo' if args.dynamo else 'TorchScript'} exporter): input {summary.input_shape}, "
+        f"exporter {args.exporter}): input {summary.input_shape}, "
         f"output {summary.output_shape}"
     )
     print(
@@ -118,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"shufflenet export: {e}", file=sys.stderr)
         return 1
-    shapes = ", ".join("x".join(map(str, s)) for s in check.shapes)
-    print(
-        f"ONNX Runtime vs PyTorch on random images {shapes}: max abs difference {check.max_abs_diff:.3g} "
-        f"(max |output| {check.max_abs_output:.3g})"
-    )
+    print(check.describe())
+    if check.nonfinite:
+        print(
+            f"shufflenet export: the outputs are not finite ({check.nonfinite} values); "
+            "the model's weights or the export are broken",
+            file=sys.stderr,
+        )
+        return 1
     if not check.ok(args.atol, args.rtol):
         print(
             f"shufflenet export: difference above tolerance (atol {args.atol:g}, rtol {args.rtol:g})",

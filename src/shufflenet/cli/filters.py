@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint.endswith(".safetensors"):
-        from ..checkpoint import load_model
+        from ..model_file import load_model
 
         model, info = load_model(args.checkpoint)
         arch, order = info.arch, info.input_spec.channel_order

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     model, label = None, ""
     if args.model != "gconv-stack":
         if Path(args.model).suffix == ".safetensors":
-            from ..checkpoint import load_model
+            from ..model_file import load_model
 
             model, info = load_model(args.model)
             label = info.arch

@@ -12,10 +12,10 @@ import sys
 
 import torch
 
-from ..checkpoint import load_model
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
-from ..train.distributed import resolve_device
+from ..distributed import resolve_device
+from ..model_file import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:

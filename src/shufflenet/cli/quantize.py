@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ..checkpoint import ModelInfo, load_model
 from ..data import build_dataset, build_transform, make_loader
 from ..data.loader import default_spec
-from ..models import create_model
-from ..quantize import METHODS, quantize, save_quantized
+from ..factory import resolve_model
+from ..quantize import METHODS, QuantizedModel, quantize, save_quantized
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="model file (.safetensors) or a registered model name")
+    p.add_argument(
+        "model",
+        help="a registered model name, a model file or a published checkpoint (see resolve_model)",
+    )
     p.add_argument("output", type=Path, help="int8 model file to write (.safetensors)")
     p.add_argument("--data", required=True, help="dataset ('builtin' or a directory)")
     p.add_argument("--calib-images", type=int, default=512, help="calibration images")
@@ -46,12 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
-
-
-def _resolve(arg: str) -> tuple[nn.Module, ModelInfo | None]:
-    if Path(arg).suffix.lower() == ".safetensors" or Path(arg).is_file():
-        return load_model(arg)
-    return create_model(arg).eval(), None
 
 
 def _batches(dataset, spec, n: int, batch_size: int):
@@ -76,10 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shufflenet quantize: error: {err}", file=sys.stderr)
         return 2
     try:
-        model, info = _resolve(args.model)
-        size = info.input_spec.image_size if info else 32
+        resolved = resolve_model(args.model)
+        model = resolved.model
+        if isinstance(model, QuantizedModel):
+            raise ValueError(f"{args.model!r} is already an int8 model; quantize its float32 model")
+        from_file = resolved.source != "registry"
+        size = resolved.input_spec.image_size if from_file else 32
         train_set = build_dataset(args.data, True, args.val_fraction, image_size=size)
-        spec = info.input_spec if info else default_spec(train_set)
+        spec = (
+            resolved.input_spec
+            if from_file
+            else default_spec(train_set, in_chans=resolved.input_spec.in_chans)
+        )
         calib = list(_batches(train_set, spec, args.calib_images, args.batch_size))
         qmodel = quantize(model, [x for x, _ in calib], method=args.method)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output,
         qmodel,
         input_spec=spec,
-        class_names=info.class_names if info else list(getattr(train_set, "classes", [])) or None,
+        class_names=resolved.class_names or list(getattr(train_set, "classes", [])) or None,
         extra=extra,
     )
     if args.json:

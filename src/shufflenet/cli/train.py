@@ -2,7 +2,12 @@
 
 With no arguments: the main job, a small ShuffleNet on the bundled digits (about a minute on 2 CPU cores),
 evaluated at the end. ``--resume RUN_DIR`` continues a run with its saved configuration (options given
-alongside override it, e.g. ``--epochs``). ``--nproc N`` relaunches itself through torchrun for DDP.
+alongside override it, e.g. ``--epochs``); one process at a time trains into a run directory. ``--nproc N``
+relaunches itself through torchrun for DDP.
+
+Exit status: 0 done (or stopped by ``--stop-after-epochs``), 2 a user error (one line on stderr, before any
+work where possible), 3 the loss or the weights became NaN or infinite (nothing non-finite is saved), 130
+interrupted (a checkpoint was written).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import sys
 import types
 import typing
 
+from ..distributed import launch
+from ..train.checkpoint import resume_config
 from ..train.config import TrainConfig
+from ..train.run import CheckpointWriteError, fit
 
 _EXIT = {"completed": 0, "stopped": 0, "interrupted": 130, "nonfinite": 3}
 
@@ -99,19 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None}
     try:
         if "resume" in given:
-            from ..train.checkpoint import resume_config
-
             cfg = resume_config(given.pop("resume"), **given)
         else:
             cfg = TrainConfig(**given)
         if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            from ..train.distributed import launch
-
             return launch(cfg.nproc, argv)
-        from ..train.run import fit
-
         result = fit(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointWriteError) as e:
         print(f"shufflenet train: error: {e}", file=sys.stderr)
         return 2
     if result.status == "completed" and int(os.environ.get("RANK", "0")) == 0:

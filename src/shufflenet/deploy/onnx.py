@@ -1,55 +1,89 @@
-"""ONNX export with batch norm folded, and an ONNX Runtime runner (the ``[onnx]`` extra).
+"""ONNX export, graph summary, parity check and an ONNX Runtime runner (the ``[onnx]`` extra).
 
 :func:`export_onnx` is the package's one ONNX exporter (``shufflenet export`` and the ``"onnxruntime"`` backend
-use it): it writes the model with batch norm folded into the convolutions (ONNX Runtime fuses Conv + ReLU and
-the residual Add itself; the shuffle is Reshape-Transpose-Reshape), with a dynamic batch and spatial size (or a
-dynamic batch only), optionally with ``metadata_props``. :class:`OnnxRuntimeRunner` runs a file or bytes on
-numpy arrays or torch tensors; :class:`OnnxRuntimeModule` is the same as an ``nn.Module``;
-:func:`verify_onnx` compares against eager PyTorch.
+use it, with the same defaults: :data:`DEFAULT_EXPORTER`, :data:`DEFAULT_OPSET`): it writes the model with batch
+norm folded into the convolutions (ONNX Runtime fuses Conv + ReLU and the residual Add itself; the shuffle is
+Reshape-Transpose-Reshape), with a dynamic batch and spatial size (or a dynamic batch only), optionally with
+``metadata_props`` (:func:`onnx_metadata`: ``shufflenet.input_spec``, ``shufflenet.arch``,
+``shufflenet.arch_kwargs``). The graph's input is ``input`` (N, C, H, W) and its output ``logits`` (N, classes).
+:func:`summarize_onnx` counts the nodes (batch norms, channel shuffles); :func:`check_onnx` is the one parity
+check against eager PyTorch (non-finite outputs fail it); :class:`OnnxRuntimeRunner` runs a file or bytes on
+numpy arrays or torch tensors and :class:`OnnxRuntimeModule` is the same as an ``nn.Module``.
 
 Example::
 
-    from shufflenet.deploy.onnx import export_onnx, OnnxRuntimeRunner, verify_onnx
+    from shufflenet.deploy.onnx import check_onnx, export_onnx, OnnxRuntimeRunner
     export_onnx(model, "model.onnx", input_size=224)        # dynamic batch / height / width
-    err = verify_onnx(model, "model.onnx", input_size=224)   # max |diff| / max |ref|
+    assert check_onnx(model, "model.onnx", input_size=224).ok()
     logits = OnnxRuntimeRunner("model.onnx", threads=2)(images)
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import importlib
 import io
+import json
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.export import Dim
+
+from ..data.spec import InputSpec
+from ..utils.atomic import atomic_path
+from .fold import fold_batchnorm
+from .native.lower import _in_channels
 
 __all__ = [
-    "export_onnx",
-    "OnnxRuntimeRunner",
-    "OnnxRuntimeModule",
-    "verify_onnx",
+    "DEFAULT_EXPORTER",
+    "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "OnnxCheck",
+    "OnnxGraphSummary",
+    "OnnxRuntimeModule",
+    "OnnxRuntimeRunner",
+    "check_onnx",
+    "export_onnx",
+    "onnx_metadata",
+    "require_onnx",
+    "summarize_onnx",
 ]
 
 INPUT_NAME = "input"
-OUTPUT_NAME = "output"
+OUTPUT_NAME = "logits"
+DEFAULT_EXPORTER = "auto"
+DEFAULT_OPSET = 17
+EXPORTERS = ("auto", "torchscript", "dynamo")
 
 
-def _require_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - the extra is installed in CI
+def require_onnx(*modules: str):
+    """Import and return the optional ONNX packages ``modules`` (default ``onnx`` and ``onnxruntime``).
+
+    A missing one raises :class:`ImportError` naming it and the extra that installs it."""
+    names = modules or ("onnx", "onnxruntime")
+    loaded, missing = [], []
+    for name in names:
+        try:
+            loaded.append(importlib.import_module(name))
+        except ImportError:
+            missing.append(name)
+    if missing:
         raise ImportError(
-            "ONNX Runtime is not installed: pip install 'shufflenet[onnx]' (onnx, onnxruntime, onnxscript)"
-        ) from e
-    return ort
+            f"ONNX support needs {', '.join(missing)}: pip install 'shufflenet[onnx]' "
+            "(onnx, onnxruntime, onnxscript)"
+        )
+    return loaded[0] if len(loaded) == 1 else tuple(loaded)
 
 
 def _size(input_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -65,10 +99,10 @@ def export_onnx(
     input_size: int | tuple[int, int] = 224,
     dynamic: bool = True,
     *,
-    opset: int | None = 17,
+    opset: int | None = DEFAULT_OPSET,
     in_chans: int | None = None,
     fold: bool = True,
-    exporter: str = "auto",
+    exporter: str = DEFAULT_EXPORTER,
     dynamic_spatial: bool = True,
     fallback: bool = True,
     metadata: Mapping[str, str] | None = None,
@@ -102,12 +136,7 @@ def export_onnx(
         The serialized ONNX model. Input ``"input"`` (N, C, H, W) float32, output ``output_name``
         (N, classes).
     """
-    import copy
-
-    from .fold import fold_batchnorm
-    from .native.lower import _in_channels
-
-    if exporter not in ("auto", "torchscript", "dynamo"):
+    if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r} must be 'auto', 'torchscript' or 'dynamo'")
     src = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     if fold:
@@ -149,8 +178,6 @@ def export_onnx(
                 else:
                     shapes = None
                     if ax:
-                        from torch.export import Dim
-
                         dims = {0: Dim("batch", min=1)}
                         if 2 in ax[INPUT_NAME]:
                             dims.update({2: Dim("height", min=8), 3: Dim("width", min=8)})
@@ -176,8 +203,6 @@ def export_onnx(
     if metadata is not None:
         data = _with_metadata(data, metadata)
     if path is not None:
-        from ..utils.atomic import atomic_path
-
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(data)
     return data
@@ -185,12 +210,7 @@ def export_onnx(
 
 def _with_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
     """``data`` with ``metadata`` added to its ``metadata_props``, checked by ``onnx.checker``."""
-    try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - the extra is installed in CI
-        raise ImportError(
-            "ONNX metadata needs the onnx package: pip install 'shufflenet[onnx]'"
-        ) from e
+    onnx = require_onnx("onnx")
     proto = onnx.load_from_string(data)
     for k, v in metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
@@ -237,7 +257,7 @@ class OnnxRuntimeRunner:
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         optimization: str = "all",
     ) -> None:
-        ort = _require_ort()
+        ort = require_onnx("onnxruntime")
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, int(threads or torch.get_num_threads()))
         so.inter_op_num_threads = 1
@@ -281,30 +301,167 @@ class OnnxRuntimeModule(nn.Module):
         return f"threads={self.runner.threads}"
 
 
-def verify_onnx(
+def onnx_metadata(
+    model: nn.Module, input_spec: InputSpec | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The ``metadata_props`` that ``shufflenet export`` stores: ``shufflenet.input_spec`` (JSON of
+    ``input_spec``), ``shufflenet.arch`` and ``shufflenet.arch_kwargs`` (from ``model.model_cfg``, when the
+    model came from the registry), and ``extra`` (values that are not strings are JSON-encoded).
+    Pass the result to :func:`export_onnx` as ``metadata``."""
+    meta: dict[str, str] = {}
+    if input_spec is not None:
+        meta["shufflenet.input_spec"] = json.dumps(input_spec.to_dict())
+    cfg = getattr(model, "model_cfg", None) or {}
+    if "arch" in cfg:
+        meta["shufflenet.arch"] = cfg["arch"]
+        meta["shufflenet.arch_kwargs"] = json.dumps(cfg.get("kwargs", {}))
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    return meta
+
+
+@dataclasses.dataclass
+class OnnxGraphSummary:
+    """What an exported graph contains."""
+
+    opset: int
+    op_counts: dict[str, int]
+    batchnorm_nodes: int
+    transposes: int
+    # Transpose nodes fed by a Reshape and feeding a Reshape (and shape queries only)
+    shuffles: int
+    input_shape: list[str | int]
+    output_shape: list[str | int]
+    metadata: dict[str, str]
+
+    @property
+    def dynamic_input(self) -> bool:
+        """Batch, height and width of the input are symbolic."""
+        dims = self.input_shape
+        return len(dims) == 4 and all(isinstance(dims[i], str) for i in (0, 2, 3))
+
+
+def summarize_onnx(path: str | os.PathLike[str]) -> OnnxGraphSummary:
+    """Count the nodes of an ONNX file and find the Reshape-Transpose-Reshape channel shuffles."""
+    onnx = require_onnx("onnx")
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for inp in n.input:
+            consumers.setdefault(inp, []).append(n)
+    transposes = [n for n in graph.node if n.op_type == "Transpose"]
+    shuffles = 0
+    for t in transposes:
+        src = producer.get(t.input[0])
+        kinds = {d.op_type for d in consumers.get(t.output[0], [])}
+        # the TorchScript exporter also reads the transposed shape (Shape) to compute the final Reshape
+        if (
+            src is not None
+            and src.op_type == "Reshape"
+            and "Reshape" in kinds
+            and kinds <= {"Reshape", "Shape"}
+        ):
+            shuffles += 1
+
+    def dims(v) -> list[str | int]:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    counts = Counter(n.op_type for n in graph.node)
+    return OnnxGraphSummary(
+        opset=opset,
+        op_counts=dict(counts),
+        batchnorm_nodes=counts.get("BatchNormalization", 0),
+        transposes=len(transposes),
+        shuffles=shuffles,
+        input_shape=dims(graph.input[0]),
+        output_shape=dims(graph.output[0]),
+        metadata={p.key: p.value for p in proto.metadata_props},
+    )
+
+
+@dataclasses.dataclass
+class OnnxCheck:
+    """ONNX Runtime against PyTorch on random inputs.
+
+    ``nonfinite`` counts the output positions where either output is not finite: a check with any fails (a model with NaN
+    weights gives NaN in both, and a difference of NaN is no agreement)."""
+
+    shapes: list[tuple[int, ...]]
+    max_abs_diff: float
+    max_abs_output: float
+    nonfinite: int = 0
+
+    def ok(self, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
+        return self.nonfinite == 0 and self.max_abs_diff <= atol + rtol * self.max_abs_output
+
+    def describe(self) -> str:
+        """One line: the shapes compared and the result."""
+        shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
+        line = (
+            f"ONNX Runtime vs PyTorch on random inputs {shapes}: max abs difference "
+            f"{self.max_abs_diff:.3g} (max |output| {self.max_abs_output:.3g})"
+        )
+        if self.nonfinite:
+            line += f"; {self.nonfinite} non-finite output values"
+        return line
+
+
+@torch.no_grad()
+def check_onnx(
     model: nn.Module,
     onnx_model: str | os.PathLike[str] | bytes,
-    input_size: int | tuple[int, int] = 224,
-    batch: int = 2,
+    shapes: list[tuple[int, ...]] | None = None,
+    input_size: int = 224,
+    in_chans: int | None = None,
     seed: int = 0,
-) -> float:
-    """Max absolute difference between ``model`` (eval, float32) and ONNX Runtime, over the reference's max
-    absolute value, on a random batch. Callers typically require ``<= 1e-4``."""
-    from .native.lower import _in_channels
+    dynamic_spatial: bool = True,
+    input_spec: InputSpec | None = None,
+) -> OnnxCheck:
+    """Run ``onnx_model`` (a path or bytes) with ONNX Runtime (CPU) and ``model`` (a float32 copy in eval mode
+    on the CPU) on the same random inputs.
 
-    h, w = _size(input_size)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, _in_channels(model), h, w, generator=g)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ref = (
-                model(x.to(next((p.device for p in model.parameters()), torch.device("cpu"))))
-                .float()
-                .cpu()
+    ``shapes`` defaults to ``(1, C, S, S)`` and ``(2, C, S + 32, S - S // 4)`` with ``S = input_size`` and
+    ``C = in_chans`` (default: the model's first convolution), so the dynamic batch and (non-square) spatial
+    sizes are exercised; with ``dynamic_spatial=False`` both are ``S x S``. Inputs are standard normal, or,
+    with ``input_spec``, uniform random images prepared by that convention (``(u * scale - mean) / std``,
+    ``u`` in [0, 1)), so that activations have realistic ranges.
+    """
+    ort = require_onnx("onnxruntime")
+    if shapes is None:
+        s = input_size
+        c = in_chans if in_chans is not None else _in_channels(model)
+        second = (s + 32, max(s - s // 4, 1)) if dynamic_spatial else (s, s)
+        shapes = [(1, c, s, s), (2, c, *second)]
+    m = copy.deepcopy(model).eval().cpu().float()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    src = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    worst, biggest, nonfinite = 0.0, 0.0, 0
+    for shape in shapes:
+        if input_spec is None:
+            x = torch.randn(*shape, generator=gen)
+        else:
+            mean = torch.tensor(input_spec.mean).reshape(-1, 1, 1)
+            std = torch.tensor(input_spec.std).reshape(-1, 1, 1)
+            x = (torch.rand(*shape, generator=gen) * input_spec.scale - mean) / std
+        ref = m(x).numpy()
+        try:
+            got = session.run(None, {name: x.numpy()})[0]
+        except Exception as e:  # onnxruntime's own exception types
+            raise RuntimeError(f"ONNX Runtime failed on an input of shape {shape}: {e}") from e
+        if got.shape != ref.shape:
+            raise ValueError(
+                f"ONNX output shape {got.shape} != PyTorch {ref.shape} for input {shape}"
             )
-    finally:
-        model.train(was)
-    out = OnnxRuntimeRunner(onnx_model, threads=1)(x)
-    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        bad = ~np.isfinite(ref) | ~np.isfinite(got)
+        nonfinite += int(bad.sum())
+        if not bad.all():
+            worst = max(worst, float(np.abs(got - ref)[~bad].max()))
+            biggest = max(biggest, float(np.abs(ref)[~bad].max()))
+    return OnnxCheck([tuple(s) for s in shapes], worst, biggest, nonfinite)

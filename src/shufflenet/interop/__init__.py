@@ -1,6 +1,5 @@
 """Interoperability: published checkpoints (Megvii ShuffleNet v1, torchvision ShuffleNet v2), ``torch.save``
-files, and what ``shufflenet export`` adds around the ONNX exporter (:func:`shufflenet.deploy.onnx.export_onnx`):
-metadata, a graph summary and a check against ONNX Runtime.
+files (ONNX lives in :mod:`shufflenet.deploy.onnx`).
 
 Nothing here downloads anything: every function takes a local file.
 """
@@ -15,14 +14,7 @@ from .megvii import (
     load_megvii_v1,
     megvii_v1_key_map,
 )
-from .onnx_export import (
-    EXPORT_OUTPUT_NAME,
-    OnnxCheck,
-    OnnxGraphSummary,
-    check_onnx,
-    onnx_metadata,
-    summarize_onnx,
-)
+from .releases import RELEASES, ConvertedCheckpoint, convert_release, detect_release
 from .torch_files import load_torch_state_dict, unwrap_state_dict
 from .torchvision_v2 import (
     TorchvisionV2Config,
@@ -34,13 +26,13 @@ from .torchvision_v2 import (
 )
 
 __all__ = [
-    "EXPORT_OUTPUT_NAME",
+    "RELEASES",
+    "ConvertedCheckpoint",
+    "convert_release",
+    "detect_release",
     "MEGVII_V1_INPUT_SPEC",
     "MegviiV1Config",
-    "OnnxCheck",
-    "OnnxGraphSummary",
     "TorchvisionV2Config",
-    "check_onnx",
     "convert_megvii_v1",
     "convert_torchvision_v2",
     "create_megvii_v1",
@@ -52,8 +44,6 @@ __all__ = [
     "load_torch_state_dict",
     "load_torchvision_v2",
     "megvii_v1_key_map",
-    "onnx_metadata",
-    "summarize_onnx",
     "torchvision_v2_input_spec",
     "unwrap_state_dict",
 ]

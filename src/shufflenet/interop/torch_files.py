@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_torch_state_dict", "load_torch_weights", "unwrap_state_dict", "TORCH_SUFFIXES"]
+__all__ = ["load_torch_state_dict", "unwrap_state_dict", "TORCH_SUFFIXES"]
 
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".mdl", ".pkl")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -77,19 +77,3 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 
 def _all_tensors(d: Mapping) -> bool:
     return all(isinstance(v, torch.Tensor) for v in d.values())
-
-
-def load_torch_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """:func:`load_torch_state_dict` for ``create_model(..., weights=path)``: a checkpoint whose keys need
-    converting (Megvii ShuffleNet v1) is refused with a pointer to the converter instead of failing on key
-    names."""
-    state = load_torch_state_dict(path)
-    from .megvii import is_megvii_v1_state_dict
-
-    if is_megvii_v1_state_dict(state):
-        raise ValueError(
-            f"{str(path)!r} is a Megvii ShuffleNet v1 checkpoint: its layout and conventions differ from ours; "
-            "convert it with `shufflenet convert --from megvii IN OUT` or load it with "
-            "shufflenet.interop.load_megvii_v1(path)"
-        )
-    return state

@@ -1,7 +1,10 @@
 """Model registry: ``register_model`` adds a factory under its function name; ``create_model`` builds by name.
 
+The registry only registers, lists and builds (untrained) models. Building with weights (a model file, a
+published checkpoint, a state dict) is :func:`shufflenet.create_model` in :mod:`shufflenet.factory`.
+
 Every model built by :func:`create_model` carries ``model.model_cfg = {"arch": name, "kwargs": {...}}`` so that a
-checkpoint can record how to rebuild it (see :mod:`shufflenet.checkpoint`).
+model file can record how to rebuild it (see :mod:`shufflenet.model_file`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
@@ -52,20 +54,22 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def create_model(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with constructor ``kwargs``.
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` (untrained) with constructor ``kwargs``.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"shufflenet_v1_g3_x1_0"``.
-        weights: optional path to a local ``.safetensors`` weight file (a checkpoint written by
-            :func:`shufflenet.checkpoint.save_model`, or a bare state dict) or ``torch.save`` state dict
-            (``.pth``/``.pt``, read with ``weights_only=True``), loaded strictly.
         **kwargs: passed to the model, e.g. ``num_classes=10``, ``small_input=True``.
+
+    For weights (``weights=PATH``) use :func:`shufflenet.create_model`.
     """
+    if "weights" in kwargs:
+        if kwargs["weights"] is not None:
+            raise TypeError(
+                "shufflenet.models.create_model builds untrained models; for weights=... use "
+                "shufflenet.create_model (shufflenet.factory)"
+            )
+        kwargs.pop("weights")
     model = get_model_factory(name)(**kwargs)
     model.model_cfg = {"arch": name, "kwargs": dict(kwargs)}
-    if weights is not None:
-        from ..checkpoint import load_weights
-
-        load_weights(model, weights)
     return model

@@ -17,7 +17,7 @@ Typical use under ``torchrun --nproc-per-node P``::
 See :mod:`.training` for what else a training loop must do differently.
 """
 
-from .build import DEFAULT_TIMEOUT_S, build_group_parallel, convert_group_parallel, init_distributed
+from .build import build_group_parallel, convert_group_parallel
 from .comm import CommCounter, GroupParallelError, ParallelContext, count_comm
 from .layout import ChannelLayout
 from .state import (
@@ -38,7 +38,6 @@ from .training import (
 )
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S",
     "ChannelLayout",
     "CommCounter",
     "GroupParallelError",
@@ -51,7 +50,6 @@ __all__ = [
     "gather_grads",
     "gather_model",
     "gather_state_dict",
-    "init_distributed",
     "load_full_state_dict",
     "replica_divergence",
     "replicated_parameters",

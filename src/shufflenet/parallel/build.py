@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed import init_distributed
 from ..models.alexnet import AlexNet
 from ..models.shufflenet_v1 import ShuffleNetV1
 from .alexnet import GroupParallelAlexNet
@@ -16,38 +16,7 @@ from .comm import ParallelContext
 from .modules import CopyToShards, Exchange, GatherChannels
 from .shufflenet_v1 import GroupParallelShuffleNetV1
 
-__all__ = [
-    "build_group_parallel",
-    "convert_group_parallel",
-    "init_distributed",
-    "DEFAULT_TIMEOUT_S",
-]
-
-#: process-group timeout: a rank stuck this long in a collective makes the others raise (env override:
-#: ``SHUFFLENET_DIST_TIMEOUT`` in seconds). A rank that dies is noticed at once (the connection closes).
-DEFAULT_TIMEOUT_S = 300.0
-
-
-def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> ParallelContext:
-    """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ``MASTER_PORT``), if not done already.
-
-    ``backend`` defaults to NCCL when CUDA is available (and selects GPU ``LOCAL_RANK``), else Gloo.
-    """
-    if not dist.is_initialized():
-        if "WORLD_SIZE" not in os.environ:
-            raise RuntimeError(
-                "torch.distributed is not initialised and WORLD_SIZE is not set: launch with "
-                "`torchrun --nproc-per-node P ...` or call torch.distributed.init_process_group first"
-            )
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        if timeout_s is None:
-            timeout_s = float(os.environ.get("SHUFFLENET_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return ParallelContext.from_group()
+__all__ = ["build_group_parallel", "convert_group_parallel"]
 
 
 def convert_group_parallel(
@@ -91,7 +60,8 @@ def build_group_parallel(
 
     Every rank calls it with the same model (same weights: build it with the same seed, or load the same
     file); rank ``r`` keeps the filters of its ``g / P`` groups. Initialises torch.distributed from torchrun's
-    environment when needed (see :func:`init_distributed`). On NCCL, move ``model`` to this rank's GPU first.
+    environment when needed (:func:`shufflenet.distributed.init_distributed`, with its timeout
+    ``SHUFFLENET_DIST_TIMEOUT``). On NCCL, move ``model`` to this rank's GPU first.
 
     Args:
         dense: ``"split"``: the layers that mix all channels (AlexNet's conv1, conv3 and fc layers, the
@@ -109,6 +79,11 @@ def build_group_parallel(
         :func:`shufflenet.parallel.gather_state_dict`).
     """
     if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise RuntimeError(
+                "torch.distributed is not initialised and WORLD_SIZE is not set: launch with "
+                "`torchrun --nproc-per-node P ...` or call torch.distributed.init_process_group first"
+            )
         init_distributed()
     ctx = ParallelContext.from_group(process_group)
     param = next(model.parameters(), None)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from ..distributed import describe_peer_failure
+
 __all__ = ["ParallelContext", "GroupParallelError", "CommCounter", "count_comm", "collective"]
 
 
@@ -40,7 +42,7 @@ class ParallelContext:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "torch.distributed is not initialised: run under torchrun or call "
-                "shufflenet.parallel.init_distributed() / torch.distributed.init_process_group() first"
+                "shufflenet.distributed.init_distributed() / torch.distributed.init_process_group() first"
             )
         return cls(dist.get_rank(group), dist.get_world_size(group), group)
 
@@ -120,9 +122,8 @@ def collective(
         fn()
     except RuntimeError as e:  # DistBackendError, gloo/NCCL timeouts and closed connections
         raise GroupParallelError(
-            f"rank {ctx.rank}/{ctx.world_size}: {op} in {tag or 'a group-parallel layer'} failed; another "
-            f"rank has probably failed or stopped responding within the process-group timeout "
-            f"(check the other ranks' logs): {e}"
+            f"rank {ctx.rank}/{ctx.world_size}: {op} in {tag or 'a group-parallel layer'} failed; "
+            f"{describe_peer_failure()}: {e}"
         ) from e
     if _ACTIVE:
         rec = CommRecord(op, tag, _phase(), int(nbytes), time.perf_counter() - start)

@@ -20,13 +20,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from ..distributed import register_peers
+
 __all__ = ["run_local"]
 
 
 def _entry(fn, rank, world_size, init_file, backend, pg_timeout_s, threads, results, args) -> None:
-    import torch
-    import torch.distributed as dist
-
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -37,6 +39,7 @@ def _entry(fn, rank, world_size, init_file, backend, pg_timeout_s, threads, resu
             world_size=world_size,
             timeout=datetime.timedelta(seconds=pg_timeout_s),
         )
+        register_peers()
         # plain pickle: tensors by value (torch's queue reductions would share file descriptors that vanish
         # with this process)
         results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))

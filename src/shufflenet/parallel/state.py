@@ -4,7 +4,7 @@ The group-parallel model keeps the single-device state-dict keys; a sharded tens
 channels along dim 0, as recorded by :mod:`.sharding`. :func:`gather_state_dict` reassembles the ordinary
 state dict (every rank takes part), :func:`load_full_state_dict` cuts an ordinary one back into this rank's
 shard, and :func:`save_group_parallel` writes an ordinary model file with
-:func:`shufflenet.checkpoint.save_model` (so ``load_model``, evaluation and export work unchanged).
+:func:`shufflenet.model_file.save_model` (so ``load_model``, evaluation and export work unchanged).
 """
 
 from __future__ import annotations
@@ -135,9 +135,9 @@ def gather_model(pmodel: nn.Module, dst: int | None = 0) -> nn.Module | None:
 def save_group_parallel(
     path: str | os.PathLike[str], pmodel: nn.Module, dst: int = 0, **save_kwargs: Any
 ) -> Path | None:
-    """Save as an ordinary model file (:func:`shufflenet.checkpoint.save_model`) from rank ``dst``; every
+    """Save as an ordinary model file (:func:`shufflenet.model_file.save_model`) from rank ``dst``; every
     rank must call it. Returns the path on ``dst``, ``None`` elsewhere."""
-    from ..checkpoint import save_model
+    from ..model_file import save_model
 
     model = gather_model(pmodel, dst)
     return None if model is None else save_model(path, model, **save_kwargs)

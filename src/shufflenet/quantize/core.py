@@ -125,6 +125,10 @@ def quantize(
         )
     batches = input_batches(calibration_images, batch_size)
     prog = _lower_for_int8(model)
+    want = prog.values[0].channels
+    if any(x.shape[1] != want for x in batches):
+        got = next(x.shape[1] for x in batches if x.shape[1] != want)
+        raise ValueError(f"calibration images have {got} channels; the model takes {want}")
     obs = Observer(prog)
     for x in batches:
         run_float(prog, x, obs)

@@ -1,6 +1,6 @@
 """Int8 model files: a shufflenet model file (one ``.safetensors``, JSON metadata) holding the int8 program.
 
-Metadata keys: those of :mod:`shufflenet.checkpoint` (``arch``, ``arch_kwargs``, ``input_spec`` - the input
+Metadata keys: those of :mod:`shufflenet.model_file` (``arch``, ``arch_kwargs``, ``input_spec`` - the input
 convention: size, channel order, normalisation - ``class_names``, ``extra``) with ``format`` =
 ``"shufflenet.int8/1"``, plus ``int8`` (JSON): every op's fields, every activation's channels, scale and
 signedness, the calibration method. Tensors: ``op<i>.w`` (int8), ``op<i>.w_scale``, ``op<i>.b`` (float32),
@@ -18,8 +18,8 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import ModelInfo
 from ..data.spec import InputSpec
+from ..model_file import ModelInfo
 from ..utils.atomic import atomic_path
 from .core import QuantizedModel
 from .program import QProgram

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import read_info, save_model
 from ..data.spec import InputSpec
+from ..model_file import read_info, save_model
 from ..utils.atomic import atomic_path
 from .config import TrainConfig
 
@@ -190,11 +191,22 @@ def _check_pair(model_path: Path, state_path: Path) -> dict[str, Any]:
     return state
 
 
-def find_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path, dict[str, Any]]:
+def _candidates(directory: Path) -> list[tuple[Path, Path]]:
+    """Every (model, state) pair named by a state file in ``directory``, newest first; the model file may be
+    missing (a save killed between the two writes)."""
+    states = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    return [_pair_of(p) for p in sorted(states, reverse=True)]
+
+
+def find_checkpoint(
+    path: str | os.PathLike[str], on_skip: Callable[[str], None] | None = None
+) -> tuple[Path, Path, dict[str, Any]]:
     """The ``(model file, state file, state)`` to resume from.
 
     ``path`` is either file of a pair, or a run directory or its ``checkpoints/`` directory: then the newest
-    pair that reads back whole (a pair left half-rewritten by a kill is passed over for the one before).
+    pair that reads back whole. A newer pair that does not (left half-written by a kill, damaged, or from two
+    different saves) is passed over for the one before, and ``on_skip`` is called with a line saying which
+    file was skipped and why.
     """
     path = Path(path)
     if not path.exists():
@@ -203,17 +215,26 @@ def find_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path, dict[str,
         model_path, state_path = _pair_of(path)
         return model_path, state_path, _check_pair(model_path, state_path)
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    pairs = _pairs(directory)
+    pairs = _candidates(directory)
     if not pairs:
         raise FileNotFoundError(
             f"no checkpoint (NAME.safetensors + NAME.state.pt) in {str(directory)!r}"
         )
     errors = []
-    for model_path, state_path in reversed(pairs):
+    for model_path, state_path in pairs:
         try:
-            return model_path, state_path, _check_pair(model_path, state_path)
-        except ValueError as e:
+            if not model_path.is_file():
+                raise ValueError(
+                    f"{str(model_path)!r} is missing (a save interrupted between its two files?)"
+                )
+            found = model_path, state_path, _check_pair(model_path, state_path)
+        except (ValueError, FileNotFoundError) as e:
             errors.append(str(e))
+            continue
+        if errors and on_skip is not None:
+            for skipped, error in zip(pairs, errors):
+                on_skip(f"skipped checkpoint {skipped[1].name[: -len('.state.pt')]}: {error}")
+        return found
     raise ValueError(f"no readable checkpoint in {str(directory)!r}: " + "; ".join(errors))
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "resolve",
     "DEFAULT_MODEL",
     "DEFAULT_EPOCHS",
+    "MAX_IMAGE_SIZE",
 ]
 
 DEFAULT_MODEL = "shufflenet_v1_g3_x0_5"
@@ -67,6 +68,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "bn_recalibrate": True,
     },
 }
+_FLOAT32_MAX = (
+    3.4028234663852886e38  # parameters are float32: a larger rate overflows in the update
+)
+MAX_IMAGE_SIZE = 4096  # pixels per side: one 3x4096x4096 float image is 200 MB
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
 PARALLEL = ("auto", "none", "ddp", "groups")
@@ -199,10 +204,39 @@ def _check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    for name in ("threads", "workers", "stop_after_epochs", "max_steps", "in_chans"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        low = 0 if name == "workers" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            rule = "a non-negative integer" if low == 0 else "a positive integer"
+            raise ValueError(f"{name}={value!r} must be {rule} (or left unset: automatic)")
+    if cfg.in_chans is not None and cfg.in_chans not in (1, 3):
+        raise ValueError(f"in_chans={cfg.in_chans} must be 1 (grey) or 3 (RGB)")
+    size = cfg.image_size
+    if size is not None and (
+        not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE
+    ):
+        raise ValueError(
+            f"image_size={size!r} must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE} "
+            "(or left unset: the dataset's)"
+        )
     if not isinstance(cfg.model_kwargs, dict):
         raise TypeError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")
+    if "in_chans" in cfg.model_kwargs:
+        raise ValueError(
+            f"model_kwargs in_chans={cfg.model_kwargs['in_chans']!r}: the input channels are set by "
+            "in_chans (--in-chans), not model_kwargs"
+        )
     if cfg.hflip is not None and not 0 <= cfg.hflip <= 1:
         raise ValueError(f"hflip={cfg.hflip} must be a probability in [0, 1]")
+    if cfg.lr is not None and not 0 < cfg.lr <= _FLOAT32_MAX:
+        raise ValueError(
+            f"lr={cfg.lr!r} must be a positive finite number (at most {_FLOAT32_MAX:.3g})"
+        )
+    if not 0 < cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction={cfg.val_fraction} must lie strictly between 0 and 1")
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

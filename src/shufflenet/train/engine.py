@@ -10,13 +10,14 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .distributed import DistContext
+from ..distributed import DistContext
 
 __all__ = ["EpochStats", "EvalResult", "train_one_epoch", "evaluate", "recalibrate_bn"]
 
@@ -30,10 +31,9 @@ class EpochStats:
     correct: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
-    skipped: int = 0  # unreadable images
-    skipped_examples: list[str] = dataclasses.field(
-        default_factory=list
-    )  # the first few of their paths
+    # unreadable images, and the first few of their paths
+    skipped: int = 0
+    skipped_examples: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self, ctx: DistContext) -> dict[str, float]:
         """Loss, accuracy and images/s of the epoch over all ranks."""
@@ -51,14 +51,30 @@ class EpochStats:
         }
 
 
+class _EvalTotals(NamedTuple):
+    """Sums over the evaluation set; one float64 tensor row of this layout is reduced over ranks."""
+
+    loss: float
+    top1: float
+    top5: float
+    count: float
+    skipped: float
+
+
+_SKIPPED = _EvalTotals._fields.index("skipped")
+
+
 @dataclasses.dataclass
 class EvalResult:
+    """Metrics over the images present. ``confusion`` is (outputs, outputs), the model's output classes;
+    rows: true class, columns: predicted."""
+
     loss: float
     acc1: float
     acc5: float
     count: int
     skipped: int
-    confusion: torch.Tensor  # (classes, classes), rows: true class, columns: predicted
+    confusion: torch.Tensor
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -161,40 +177,58 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> EvalResult:
-    """Loss (cross-entropy, no smoothing), top-1/top-5 accuracy and confusion matrix over all ranks' shards."""
+    """Loss (cross-entropy, no smoothing), top-1/top-5 accuracy and confusion matrix over all ranks' shards.
+
+    Labels are indices of the model's outputs; they may cover only some of them (a dataset of a few of the
+    classes a model knows). Accuracy is over the images present; the confusion matrix has one row and column
+    per model output (``num_classes`` sizes it only when the loader yields no image). A label outside the
+    model's outputs is a ``ValueError``.
+    """
     model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(
-        5, dtype=torch.float64, device=ctx.device
-    )  # loss, top1, top5, count, skipped
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=ctx.device)
+    totals = torch.zeros(len(_EvalTotals._fields), dtype=torch.float64, device=ctx.device)
+    outputs = num_classes
+    confusion: torch.Tensor | None = None
     for images, labels, skipped in loader:
-        totals[4] += len(skipped)
+        totals[_SKIPPED] += len(skipped)
         if not len(labels):
             continue
         images, labels = _to_device(images, labels, ctx.device, channels_last)
         with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-        logits = logits.float()
-        hits = logits.topk(k, dim=1).indices == labels[:, None]  # (N, k)
-        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[1] += hits[:, 0].sum()
-        totals[2] += hits.any(1).sum()
-        totals[3] += len(labels)
-        confusion += torch.bincount(
-            labels * num_classes + logits.argmax(1), minlength=num_classes**2
+        logits = logits.float()  # (N, outputs)
+        if confusion is None:
+            outputs = logits.shape[1]
+            confusion = torch.zeros(outputs * outputs, dtype=torch.long, device=ctx.device)
+        bad = (labels < 0) | (labels >= outputs)
+        if bad.any():
+            raise ValueError(
+                f"label {int(labels[bad][0])} is not one of the model's {outputs} output classes "
+                f"(labels must lie in [0, {outputs}))"
+            )
+        hits = logits.topk(min(5, outputs), dim=1).indices == labels[:, None]  # (N, k)
+        totals += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(1).sum().double(),
+                totals.new_tensor(len(labels)),
+                totals.new_tensor(0.0),  # skipped: counted above
+            ]
         )
+        confusion += torch.bincount(labels * outputs + logits.argmax(1), minlength=outputs**2)
+    if confusion is None:
+        confusion = torch.zeros(outputs * outputs, dtype=torch.long, device=ctx.device)
     ctx.sum_(totals)
     ctx.sum_(confusion)
-    loss, top1, top5, count, skipped = totals.tolist()
-    n = max(count, 1)
+    t = _EvalTotals(*totals.tolist())
+    n = max(t.count, 1)
     return EvalResult(
-        loss / n,
-        top1 / n,
-        top5 / n,
-        int(count),
-        int(skipped),
-        confusion.view(num_classes, num_classes).cpu(),
+        t.loss / n,
+        t.top1 / n,
+        t.top5 / n,
+        int(t.count),
+        int(t.skipped),
+        confusion.view(outputs, outputs).cpu(),
     )
 
 
@@ -224,9 +258,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, max_batches: int, ctx: D
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
         model.eval()
-    if (
-        ctx.data_world > 1
-    ):  # each rank saw other images: average (group-parallel ranks hold other channels)
+    if ctx.data_world > 1:
+        # each rank saw other images: average (group-parallel ranks hold other channels)
         for m in bns:
             ctx.sum_(m.running_mean).div_(ctx.world)
             ctx.sum_(m.running_var).div_(ctx.world)

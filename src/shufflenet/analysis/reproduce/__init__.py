@@ -1,44 +1,77 @@
 """Paper experiments as self-contained Markdown reports with figures and a table of ours against published.
 
-``run_experiment(name, options)`` runs one of :data:`EXPERIMENTS` and writes ``report.md``, its PNG figures,
-``results.json`` (and CSV) and ``config.json`` (the resolved options) into ``options.out``.
+``run_experiment(name, config)`` runs one of :data:`EXPERIMENTS` with its configuration (a dataclass per
+experiment, e.g. :class:`GroupsConfig`) and writes ``report.md``, its PNG figures, ``results.json`` (and CSV)
+and ``config.json`` (the resolved configuration) into ``config.out``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ..outputs import write_json
-from .alexnet_groups import run_alexnet_groups
-from .common import BUDGETS, ReproduceOptions
-from .complexity import run_complexity
-from .groups import run_groups
-from .shuffle import run_shuffle
+from .alexnet_groups import AlexNetGroupsConfig, run_alexnet_groups
+from .common import BUDGETS, ReproduceOptions, TrainingExperiment, TrainingStopped
+from .complexity import ComplexityConfig, run_complexity
+from .groups import GroupsConfig, run_groups
+from .shuffle import ShuffleConfig, run_shuffle
 
-__all__ = ["EXPERIMENTS", "BUDGETS", "ReproduceOptions", "run_experiment"]
+__all__ = [
+    "EXPERIMENTS",
+    "BUDGETS",
+    "AlexNetGroupsConfig",
+    "ComplexityConfig",
+    "Experiment",
+    "GroupsConfig",
+    "ReproduceOptions",
+    "ShuffleConfig",
+    "TrainingExperiment",
+    "TrainingStopped",
+    "run_experiment",
+]
 
-# name -> (function, one-line description)
-EXPERIMENTS: dict[str, tuple[Callable[[ReproduceOptions], dict], str]] = {
-    "complexity": (
+
+class Experiment(NamedTuple):
+    run: Callable[[Any], dict]
+    config: type[ReproduceOptions]
+    description: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "complexity": Experiment(
         run_complexity,
+        ComplexityConfig,
         "ShuffleNet Tables 1-2, Deep Roots NIN and AlexNet counts vs ours (no data)",
     ),
-    "groups": (
+    "groups": Experiment(
         run_groups,
+        GroupsConfig,
         "NIN root-1/2/4/8/16 on CIFAR-10: accuracy, counts, latency, correlation panels",
     ),
-    "shuffle": (run_shuffle, "ShuffleNet g=3/g=8 with and without channel shuffle on CIFAR-10"),
-    "alexnet-groups": (
+    "shuffle": Experiment(
+        run_shuffle,
+        ShuffleConfig,
+        "ShuffleNet g=3/g=8 with and without channel shuffle on CIFAR-10",
+    ),
+    "alexnet-groups": Experiment(
         run_alexnet_groups,
+        AlexNetGroupsConfig,
         "two-group AlexNet's conv1 filters by group, with a colour measure",
     ),
 }
 
 
-def run_experiment(name: str, options: ReproduceOptions) -> dict:
-    """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) with ``options``; returns its results."""
+def run_experiment(name: str, config: ReproduceOptions) -> dict:
+    """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) with ``config``, an instance of its
+    configuration class; returns its results."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
-    options.out.mkdir(parents=True, exist_ok=True)
-    write_json(options.out / "config.json", {"experiment": name, **options.to_dict()})
-    return EXPERIMENTS[name][0](options)
+    expected = EXPERIMENTS[name].config
+    if type(config) is not expected:
+        raise TypeError(
+            f"experiment {name!r} takes a {expected.__name__}, got {type(config).__name__}"
+        )
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_json(config.out / "config.json", {"experiment": name, **config.to_dict()})
+    return EXPERIMENTS[name].run(config)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...complexity import profile
-from ...data.spec import InputSpec
+from ...data import default_spec
 from ...models import create_model
 from .. import published as pub
 from ..filters import colour_fraction, filter_groups
@@ -30,18 +31,38 @@ from ..outputs import write_csv, write_json
 from ..plots import plot_filter_groups
 from .common import (
     Markdown,
-    ReproduceOptions,
+    TrainingExperiment,
     data_line,
     fmt_int,
     load_splits,
     maybe_save,
+    option,
     provenance,
     train_eval,
 )
 
-__all__ = ["run_alexnet_groups", "short_run_init", "ALEXNET_LR"]
+__all__ = ["AlexNetGroupsConfig", "run_alexnet_groups", "short_run_init", "ALEXNET_LR"]
 
 ALEXNET_LR = 0.01
+MIN_SIDE = 63  # 11x11/4 conv and three unpadded 3x3/2 max pools
+
+
+@dataclasses.dataclass
+class AlexNetGroupsConfig(TrainingExperiment):
+    """Options of ``reproduce alexnet-groups``."""
+
+    image_size: int = option(64, f"input side in pixels (at least {MIN_SIDE})")
+
+    default_lr: ClassVar[float] = ALEXNET_LR
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise TypeError(f"image_size={self.image_size!r} must be an integer")
+        if self.image_size < MIN_SIDE:
+            raise ValueError(
+                f"image_size={self.image_size} is too small for AlexNet: at least {MIN_SIDE} pixels"
+            )
 
 
 def short_run_init(model: nn.Module, conv1_std: float = 0.01) -> None:
@@ -56,27 +77,17 @@ def short_run_init(model: nn.Module, conv1_std: float = 0.01) -> None:
     nn.init.normal_(layers[-1].weight, 0.0, 0.01)
 
 
-def run_alexnet_groups(opts: ReproduceOptions) -> dict:
-    from ...data import default_spec
-
+def run_alexnet_groups(opts: AlexNetGroupsConfig) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
-    size = int(opts.extra.get("image_size") or 64)
+    size = opts.image_size
     train_ds, test_ds = load_splits(opts)
-    base = default_spec(train_ds)
-    spec = InputSpec(
-        size,
-        None if size <= 64 else round(size / 0.875),
-        base.channel_order,
-        1.0,
-        base.mean,
-        base.std,
-    )
+    spec = default_spec(train_ds, size)  # what training uses at this size
     torch.manual_seed(opts.seed)
     model = create_model("alexnet_g2", num_classes=len(train_ds.classes), in_chans=spec.in_chans)
     short_run_init(model)
     before = filter_groups(model, "conv1")
-    res = train_eval(model, train_ds, test_ds, spec, opts, desc="alexnet_g2", default_lr=ALEXNET_LR)
+    res = train_eval(model, train_ds, test_ds, opts, "alexnet_g2", image_size=size)
     maybe_save(model, opts, "alexnet_g2", spec, train_ds.classes)
     after = filter_groups(model.cpu(), "conv1")
     change = dataclasses.replace(
@@ -158,7 +169,6 @@ def run_alexnet_groups(opts: ReproduceOptions) -> dict:
                 "10% linear warm-up then cosine decay, random crop and horizontal flip; conv1 initialised from "
                 "N(0, 0.01), the other layers Kaiming-normal",
             ],
-            default_lr=ALEXNET_LR,
         )
     )
     md.write(opts.out / "report.md")

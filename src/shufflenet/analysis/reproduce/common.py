@@ -1,4 +1,10 @@
-"""What every experiment report shares: options and budgets, provenance, Markdown, training one model."""
+"""What every experiment report shares: options and budgets, provenance, Markdown, training one model.
+
+Each experiment has its own configuration, a dataclass derived from :class:`ReproduceOptions` (the options
+every report has) that adds the experiment's own fields; ``shufflenet reproduce`` builds its flags from these
+fields. Models are trained by :func:`shufflenet.train.fit`, the loop of ``shufflenet train``, with the reports'
+recipe (:func:`train_config`).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,32 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
+
+from ...data.subsets import dataset_split
+from ...model_file import save_model
+from ...train import TrainConfig, fit
+from ...utils.atomic import atomic_write
 
 __all__ = [
     "BUDGETS",
+    "DEFAULT_LR",
     "ReproduceOptions",
+    "TrainingExperiment",
+    "TrainingStopped",
     "Markdown",
+    "option",
     "provenance",
     "fmt_int",
+    "train_config",
     "train_eval",
     "load_splits",
     "JPEG_CIFAR_NOTE",
@@ -37,9 +55,9 @@ BUDGETS: dict[str, dict[str, int | None]] = {
     "full": {"subset": None, "test_subset": None, "epochs": 100, "corr_images": 10000},
 }
 
-# A data note for CIFAR-10 batches rebuilt from JPEG copies of the images (pass it as --data-note).
 DEFAULT_LR = 0.05  # peak learning rate per 64 images
 
+# A data note for CIFAR-10 batches rebuilt from JPEG copies of the images (pass it as --data-note).
 JPEG_CIFAR_NOTE = (
     "CIFAR-10 decoded from JPEG copies (quality 75, mean PSNR about 30.5 dB against the originals) loses a "
     "little accuracy (reported: 2-3 points below published CIFAR-10 numbers); compare the variants with each "
@@ -47,41 +65,83 @@ JPEG_CIFAR_NOTE = (
 )
 
 
+def option(default: Any, help: str, *, cli: bool = True) -> Any:
+    """A configuration field with its command-line help; ``cli=False`` keeps it off the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli})
+
+
+class TrainingStopped(RuntimeError):
+    """Training a report's model did not complete; ``status`` is that of :class:`shufflenet.train.FitResult`
+    (``"nonfinite"`` or ``"interrupted"``)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclasses.dataclass
 class ReproduceOptions:
-    """Options of ``shufflenet reproduce``; ``None`` fields take the value of ``budget``."""
+    """The options of every report (``None``: from ``budget``). Experiments derive their configuration from
+    this class; on its own it serves the experiments that train nothing."""
 
-    out: Path
-    data: str | None = None
-    budget: str = "reduced"
-    epochs: int | None = None
-    subset: int | None = None
-    test_subset: int | None = None
-    corr_images: int | None = None
-    batch_size: int = 64
-    lr: float | None = None  # None: the experiment's default (DEFAULT_LR unless it says otherwise)
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    progress: bool = False
-    data_note: str = ""
-    save_checkpoints: bool = False
-    argv: list[str] = dataclasses.field(default_factory=list)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    out: Path = option(Path("runs/reproduce"), "output directory", cli=False)
+    data: str | None = option(None, "dataset directory (e.g. CIFAR-10 python batches) or 'builtin'")
+    budget: str = option("reduced", "size of the run: " + ", ".join(BUDGETS))
+    epochs: int | None = option(None, "training epochs; None: from --budget")
+    subset: int | None = option(None, "training images, class-balanced; None: from --budget")
+    test_subset: int | None = option(None, "test images, class-balanced; None: from --budget")
+    batch_size: int = option(64, "training batch size")
+    lr: float | None = option(None, "peak learning rate per 64 images (scaled with the batch)")
+    seed: int = option(0, "seed of the subset, initialisation and augmentation")
+    device: str = option("cpu", "torch device")
+    threads: int | None = option(None, "torch CPU threads; None: torch's choice")
+    progress: bool = option(False, "progress bars", cli=False)
+    data_note: str = option("", "a sentence about the data for the report (e.g. its provenance)")
+    save_checkpoints: bool = option(
+        False, "keep the trained models in OUT/checkpoints/ and their training runs in OUT/runs/"
+    )
+    argv: list[str] = dataclasses.field(default_factory=list, metadata={"cli": False})
+
+    default_lr: ClassVar[float] = DEFAULT_LR
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"budget={self.budget!r} must be one of {sorted(BUDGETS)}")
         self.out = Path(self.out)
         preset = BUDGETS[self.budget]
-        for key in ("subset", "test_subset", "epochs", "corr_images"):
-            if getattr(self, key) is None:
-                setattr(self, key, preset[key])
+        for f in dataclasses.fields(self):
+            if f.name in preset and getattr(self, f.name) is None:
+                setattr(self, f.name, preset[f.name])
+        for name in ("epochs", "subset", "test_subset", "batch_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be positive")
+
+    @property
+    def peak_lr(self) -> float:
+        """Peak learning rate per 64 images: ``lr``, else the experiment's default."""
+        return self.lr if self.lr is not None else self.default_lr
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         return d
+
+
+@dataclasses.dataclass
+class TrainingExperiment(ReproduceOptions):
+    """Options of an experiment that trains models: data is required."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data is None:
+            raise ValueError(
+                "this experiment trains models: give --data (a dataset directory or 'builtin')"
+            )
 
 
 class Markdown:
@@ -112,8 +172,6 @@ class Markdown:
         self.lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        from ...utils.atomic import atomic_write
-
         with atomic_write(path) as f:
             f.write("\n".join(self.lines).rstrip() + "\n")
         return Path(path)
@@ -123,12 +181,7 @@ def fmt_int(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def provenance(
-    opts: ReproduceOptions,
-    seconds: float,
-    extra: Sequence[str] = (),
-    default_lr: float = DEFAULT_LR,
-) -> list[str]:
+def provenance(opts: ReproduceOptions, seconds: float, extra: Sequence[str] = ()) -> list[str]:
     """Bullet points saying how a report was made."""
     cmd = (
         "shufflenet reproduce " + " ".join(shlex.quote(a) for a in opts.argv)
@@ -142,16 +195,14 @@ def provenance(
         f"with {torch.get_num_threads()} threads, device {opts.device}; Python {sys.version.split()[0]}",
         f"budget: `{opts.budget}`: {opts.subset or 'all'} training images (class-balanced), "
         f"{opts.test_subset or 'all'} test images, {opts.epochs} epoch(s), batch {opts.batch_size}, "
-        f"peak learning rate {opts.lr or default_lr} per 64 images, seed {opts.seed}",
+        f"peak learning rate {opts.peak_lr} per 64 images, seed {opts.seed}",
         f"wall time: {seconds / 60:.1f} min",
     ]
     return items + list(extra)
 
 
-def load_splits(opts: ReproduceOptions) -> tuple[Any, Any]:
+def load_splits(opts: ReproduceOptions) -> tuple[Dataset, Dataset]:
     """The class-balanced training and test subsets of ``opts.data``."""
-    from ..data import dataset_split
-
     if opts.data is None:
         raise ValueError(
             "this experiment trains models: give --data (a dataset directory or 'builtin')"
@@ -161,41 +212,79 @@ def load_splits(opts: ReproduceOptions) -> tuple[Any, Any]:
     return train, test
 
 
+def train_config(
+    opts: ReproduceOptions, run_name: str, image_size: int | None = None
+) -> TrainConfig:
+    """The reports' recipe as a training configuration for the run ``run_name`` (the model is given ready
+    to :func:`shufflenet.train.fit`, which records its name): SGD with Nesterov momentum 0.9, peak learning rate
+    ``opts.peak_lr`` per 64 images (scaled linearly with the batch), weight decay 5e-4 on convolution and
+    linear weights, linear warm-up over the first 10% of the steps then cosine decay to 0; no label smoothing,
+    no batch-norm recalibration, contiguous memory format (the models are measured afterwards)."""
+    return TrainConfig(
+        data=str(opts.data),
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        image_size=image_size,
+        optimizer="sgd",
+        lr=opts.peak_lr * opts.batch_size / 64,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=0.1 * opts.epochs,
+        label_smoothing=0.0,
+        bn_recalibrate=False,
+        device=opts.device,
+        channels_last=False,
+        threads=opts.threads,
+        seed=opts.seed,
+        output=str(opts.out / "runs"),
+        name=run_name,
+        keep_checkpoints=1,
+        progress=opts.progress,
+        plots=True,
+        tensorboard=False,
+    )
+
+
 def train_eval(
     model: nn.Module,
-    train_ds: Any,
-    test_ds: Any,
-    spec: Any,
+    train_ds: Dataset,
+    test_ds: Dataset,
     opts: ReproduceOptions,
-    desc: str,
-    default_lr: float | None = None,
+    name: str,
+    image_size: int | None = None,
 ) -> dict:
-    """Train ``model`` on ``train_ds`` and measure top-1 on ``test_ds``; returns numbers and timings.
+    """Train ``model`` in place on ``train_ds`` with :func:`shufflenet.train.fit` (:func:`train_config`),
+    validating on ``test_ds`` after every epoch; returns the final test top-1, the per-epoch history and
+    timings. The run directory is ``OUT/runs/NAME`` with ``save_checkpoints``, else a temporary one.
 
-    The peak learning rate is ``opts.lr`` (else ``default_lr``, else :data:`DEFAULT_LR`) per 64 images.
+    Raises :class:`TrainingStopped` when the loss became non-finite or the run was interrupted.
     """
-    from ..data import loader_for
-    from ..training import evaluate_top1, train_classifier
-
-    peak = opts.lr or default_lr or DEFAULT_LR
-    train_loader = loader_for(train_ds, spec, True, opts.batch_size, seed=opts.seed)
-    test_loader = loader_for(test_ds, spec, False, 2 * opts.batch_size)
+    cfg = train_config(opts, name.replace("/", "_"), image_size)
     start = time.perf_counter()
-    tr = train_classifier(
-        model, train_loader, opts.epochs, lr=peak * opts.batch_size / 64, device=opts.device,
-        progress=opts.progress, desc=desc,
-    )  # fmt: skip
-    acc, n = evaluate_top1(model, test_loader, opts.device)
+    with tempfile.TemporaryDirectory(prefix="shufflenet-reproduce-") as tmp:
+        if not opts.save_checkpoints:
+            cfg = cfg.replace(output=tmp, plots=False)
+        result = fit(cfg, train_set=train_ds, val_set=test_ds, model=model)
+    if result.status == "nonfinite":
+        raise TrainingStopped(
+            "nonfinite",
+            f"training {name} stopped: the loss became NaN or infinite; lower --lr "
+            f"(peak {opts.peak_lr} per 64 images)",
+        )
+    if result.status != "completed":
+        raise TrainingStopped(result.status, f"training {name} was {result.status}")
     return {
-        "peak_lr_per_64": peak,
-        "test_top1": acc,
-        "test_images": n,
-        "train": tr.to_dict(),
+        "peak_lr_per_64": opts.peak_lr,
+        "test_top1": result.final["val_acc1"],
+        "test_images": result.final["val_count"],
+        "history": result.history,
         "seconds": time.perf_counter() - start,
     }
 
 
-def data_line(opts: ReproduceOptions, train_ds: Any, test_ds: Any, extra: str = "") -> str:
+def data_line(opts: ReproduceOptions, train_ds: Dataset, test_ds: Dataset, extra: str = "") -> str:
     """The provenance bullet about the data, with the user's ``data_note``."""
     name = getattr(train_ds, "name", "?")
     line = (
@@ -211,8 +300,6 @@ def maybe_save(
     that ``shufflenet correlate``, ``filters`` and ``evaluate`` read)."""
     if not opts.save_checkpoints:
         return
-    from ...checkpoint import save_model
-
     save_model(
         opts.out / "checkpoints" / f"{name}.safetensors",
         model,

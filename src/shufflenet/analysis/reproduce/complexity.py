@@ -11,6 +11,7 @@ filter).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -21,9 +22,22 @@ from ...models import create_model, list_models
 from .. import published as pub
 from ..outputs import write_csv, write_json
 from ..plots import plot_bars
-from .common import Markdown, ReproduceOptions, fmt_int, provenance
+from .common import Markdown, ReproduceOptions, fmt_int, option, provenance
 
-__all__ = ["run_complexity"]
+__all__ = ["ComplexityConfig", "run_complexity"]
+
+
+@dataclasses.dataclass
+class ComplexityConfig(ReproduceOptions):
+    """Options of ``reproduce complexity`` (no data, no training)."""
+
+    groups: tuple[int, ...] | None = option(None, "only ShuffleNet v1 with these group counts")
+    widths: tuple[float, ...] | None = option(None, "only ShuffleNet v1 with these widths")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.groups = None if self.groups is None else tuple(self.groups)
+        self.widths = None if self.widths is None else tuple(self.widths)
 
 
 def _biases(model: nn.Module) -> int:
@@ -38,10 +52,10 @@ def _pct(ours: float, theirs: float) -> str:
     return f"{100 * (ours - theirs) / theirs:+.1f}%"
 
 
-def run_complexity(opts: ReproduceOptions) -> dict:
+def run_complexity(opts: ComplexityConfig) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
-    only_g, only_w = opts.extra.get("groups"), opts.extra.get("widths")
+    only_g, only_w = opts.groups, opts.widths
     rows = []
     for name in list_models("shufflenet_v1_g*_x*"):
         if not re.fullmatch(r"shufflenet_v1_g\d+_x[\d_]+", name):

@@ -9,11 +9,13 @@ with the dense network at the same block size.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
 from ...complexity import profile
+from ...data import build_transform, default_spec, make_loader
 from ...models import create_model
 from .. import published as pub
 from ..correlation import block_diagonality, layer_correlation
@@ -22,43 +24,62 @@ from ..outputs import write_csv, write_json
 from ..plots import plot_bars, plot_correlation_panels
 from .common import (
     Markdown,
-    ReproduceOptions,
+    TrainingExperiment,
     binomial_se_points,
     data_line,
     fmt_int,
     load_splits,
     maybe_save,
+    option,
     provenance,
     train_eval,
 )
 
-__all__ = ["run_groups", "DEFAULT_ROOTS"]
+__all__ = ["GroupsConfig", "run_groups", "DEFAULT_ROOTS"]
 
 DEFAULT_ROOTS = (1, 2, 4, 8, 16)
+
+
+@dataclasses.dataclass
+class GroupsConfig(TrainingExperiment):
+    """Options of ``reproduce groups``."""
+
+    roots: tuple[int, ...] = option(
+        DEFAULT_ROOTS, "NIN roots (the paper's 16-group panel is root 32)"
+    )
+    corr_images: int | None = option(
+        None, "test images for the correlation panels; None: from --budget"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.roots = tuple(self.roots)
+        bad = [r for r in self.roots if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+        if bad or not self.roots:
+            raise ValueError(f"roots={list(self.roots)} must be positive integers (1 = dense NIN)")
+        if self.corr_images < 1:
+            raise ValueError(f"corr_images={self.corr_images} must be a positive integer")
 
 
 def _name(root: int) -> str:
     return "nin_cifar10" if root == 1 else f"nin_root{root}"
 
 
-def run_groups(opts: ReproduceOptions) -> dict:
-    from ...data import default_spec
-    from ..data import loader_for
-
+def run_groups(opts: GroupsConfig) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
-    roots = tuple(opts.extra.get("roots") or DEFAULT_ROOTS)
+    roots = opts.roots
     train_ds, test_ds = load_splits(opts)
     spec = default_spec(train_ds)
     models, results, corr = {}, {}, {}
     for root in roots:
         torch.manual_seed(opts.seed)
         model = create_model(_name(root), num_classes=len(train_ds.classes), in_chans=spec.in_chans)
-        res = train_eval(model, train_ds, test_ds, spec, opts, desc=f"root-{root}")
+        res = train_eval(model, train_ds, test_ds, opts, _name(root))
         maybe_save(model, opts, _name(root), spec, train_ds.classes)
         rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
         res.update(params=rep.params, macs=rep.macs)
-        corr_loader = loader_for(test_ds, spec, False, 2 * opts.batch_size)
+        corr_loader = make_loader(test_ds, build_transform(spec, False), 2 * opts.batch_size, False)
         corr[root] = layer_correlation(
             model, corr_loader, "conv2c", "conv3a", max_images=opts.corr_images, device=opts.device
         )
@@ -191,7 +212,7 @@ def run_groups(opts: ReproduceOptions) -> dict:
                 data_line(opts, train_ds, test_ds),
                 f"correlation: {opts.corr_images} test images, every position a sample, ZCA regulariser 1e-3 x mean variance",
                 "training: SGD, Nesterov momentum 0.9, weight decay 5e-4, 10% linear warm-up then cosine decay, "
-                "random crop (4 px padding) and horizontal flip (shufflenet.analysis.training)",
+                "random crop (4 px padding) and horizontal flip (shufflenet.train.fit)",
                 f"first model trained in {base['seconds'] / 60:.1f} min",
             ],
         )

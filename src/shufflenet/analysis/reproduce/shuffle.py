@@ -8,12 +8,14 @@ show up. A structural companion: the measured information flow through an untrai
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import torch
 
 from ...complexity import profile
+from ...data import default_spec
 from ...models import create_model
 from .. import published as pub
 from ..flow import measured_flow
@@ -21,17 +23,36 @@ from ..outputs import write_csv, write_json
 from ..plots import plot_bars, plot_flow_panels
 from .common import (
     Markdown,
-    ReproduceOptions,
+    TrainingExperiment,
     binomial_se_points,
     data_line,
     fmt_int,
     load_splits,
     maybe_save,
+    option,
     provenance,
     train_eval,
 )
 
-__all__ = ["run_shuffle"]
+__all__ = ["ShuffleConfig", "run_shuffle"]
+
+
+@dataclasses.dataclass
+class ShuffleConfig(TrainingExperiment):
+    """Options of ``reproduce shuffle``."""
+
+    widths: tuple[float, ...] = option((0.25,), "ShuffleNet width multipliers")
+    groups: tuple[int, ...] = option((3, 8), "ShuffleNet group counts")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.widths, self.groups = tuple(self.widths), tuple(self.groups)
+        if not self.widths or any(not w > 0 for w in self.widths):
+            raise ValueError(f"widths={list(self.widths)} must be positive numbers")
+        if not self.groups or any(
+            isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.groups
+        ):
+            raise ValueError(f"groups={list(self.groups)} must be positive integers")
 
 
 def _model_name(g: int, width: float) -> str:
@@ -54,13 +75,10 @@ def _flow_panel(g: int, width: float, shuffle: str, in_chans: int) -> tuple[str,
     return f"g={g}, {shuffle}", flow, share
 
 
-def run_shuffle(opts: ReproduceOptions) -> dict:
-    from ...data import default_spec
-
+def run_shuffle(opts: ShuffleConfig) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
-    widths = tuple(opts.extra.get("widths") or (0.25,))
-    groups = tuple(opts.extra.get("groups") or (3, 8))
+    widths, groups = opts.widths, opts.groups
     train_ds, test_ds = load_splits(opts)
     spec = default_spec(train_ds)
     results: dict[str, dict] = {}
@@ -76,7 +94,7 @@ def run_shuffle(opts: ReproduceOptions) -> dict:
                     small_input=True,
                     shuffle=shuffle,
                 )
-                res = train_eval(model, train_ds, test_ds, spec, opts, desc=key)
+                res = train_eval(model, train_ds, test_ds, opts, key)
                 maybe_save(model, opts, key.replace("/", "_"), spec, train_ds.classes)
                 rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
                 res.update(params=rep.params, macs=rep.macs, groups=g, width=w, shuffle=shuffle)

@@ -9,7 +9,8 @@ Metadata keys (all strings, as safetensors requires):
 - ``extra`` (JSON, optional): anything else (training epoch, source of a conversion, ...).
 
 Loading never executes code from the file: safetensors holds raw tensors and the metadata is parsed as JSON.
-Files are written atomically.
+Files are written atomically. (Training state for resuming a run is :mod:`shufflenet.train.checkpoint`;
+building a model from a name, a model file or a published checkpoint is :mod:`shufflenet.factory`.)
 """
 
 from __future__ import annotations
@@ -21,14 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.spec import InputSpec
+from .models import create_model
 from .utils.atomic import atomic_path
 
-__all__ = ["ModelInfo", "save_model", "load_model", "load_weights", "read_info", "FORMAT"]
+__all__ = [
+    "FORMAT",
+    "ModelInfo",
+    "is_model_file",
+    "load_model",
+    "load_weights",
+    "read_info",
+    "read_model_file",
+    "read_safetensors",
+    "save_model",
+]
 
 FORMAT = "shufflenet.model/1"
 
@@ -84,13 +96,14 @@ def save_model(
     return path
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the (string) metadata of any ``.safetensors`` file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
@@ -103,8 +116,19 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
 
 def read_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Parse the metadata of a model file written by :func:`save_model`."""
-    _, meta = _read(path)
+    _, meta = read_safetensors(path)
     return _info_from_metadata(path, meta)
+
+
+def is_model_file(metadata: dict[str, str]) -> bool:
+    """The safetensors ``metadata`` is that of a shufflenet model file."""
+    return metadata.get("format") == FORMAT
+
+
+def read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+    """The tensors and the parsed metadata of a model file written by :func:`save_model`."""
+    tensors, meta = read_safetensors(path)
+    return tensors, _info_from_metadata(path, meta)
 
 
 def _info_from_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
@@ -112,7 +136,7 @@ def _info_from_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> M
         raise ValueError(
             f"{str(path)!r} is a safetensors file but not a shufflenet model file "
             f"(metadata format={meta.get('format')!r}, expected {FORMAT!r}); "
-            "for a bare state dict use create_model(name, weights=path)"
+            "for a bare state dict use shufflenet.create_model(name, weights=path)"
         )
     try:
         return ModelInfo(
@@ -133,28 +157,17 @@ def load_model(
 
     The model is in eval mode on ``map_location``.
     """
-    from .models import create_model
-
-    tensors, meta = _read(path)
-    info = _info_from_metadata(path, meta)
+    tensors, info = read_model_file(path)
     model = create_model(info.arch, **info.arch_kwargs)
     _load_state(model, tensors, path)
     return model.to(map_location).eval(), info
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load the weights of a ``.safetensors`` file (model file or bare state dict) into ``model``.
+    """Load the weights of a ``.safetensors`` file (model file or bare state dict) into ``model``, strictly.
 
-    A ``torch.save`` file (``.pth``, ``.pt``, ``.pth.tar``, ...) holding a state dict is read with
-    ``torch.load(weights_only=True)`` (see :mod:`shufflenet.interop.torch_files`).
-    """
-    if Path(path).suffix.lower() != ".safetensors":
-        from .interop.torch_files import TORCH_SUFFIXES, load_torch_weights
-
-        if Path(path).suffix.lower() in TORCH_SUFFIXES:
-            _load_state(model, load_torch_weights(path), path)
-            return model
-    tensors, _ = _read(path)
+    (Published ``torch.save`` checkpoints, other classes and partial loads: :mod:`shufflenet.factory`.)"""
+    tensors, _ = read_safetensors(path)
     _load_state(model, tensors, path)
     return model
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shufflenet import InputSpec, ModelInfo, ShuffleNetV1, create_model, load_model, save_model
-from shufflenet.checkpoint import FORMAT, read_info
+from shufflenet.model_file import FORMAT, read_info
 
 
 def _trained_like(name: str = "shufflenet_v1_g3_x0_25", **kwargs) -> nn.Module:
@@ -107,11 +107,16 @@ def test_create_model_with_weights(tmp_path):
 
 
 def test_weights_for_another_architecture(tmp_path):
-    path = save_model(tmp_path / "m.safetensors", create_model("shufflenet_v1_g3_x0_25"))
-    with pytest.raises(ValueError, match=r"do not fit ShuffleNetV1"):
+    model = create_model("shufflenet_v1_g3_x0_25")
+    path = save_model(tmp_path / "m.safetensors", model)
+    with pytest.raises(
+        ValueError, match=r"architecture 'shufflenet_v1_g3_x0_25', not 'shufflenet_v1_g8_x0_25'"
+    ):
         create_model("shufflenet_v1_g8_x0_25", weights=path)
-    with pytest.raises(ValueError, match=r"do not fit ShuffleNetV1"):
-        create_model("shufflenet_v1_g3_x0_25", weights=path, num_classes=10)
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bare))
+    with pytest.raises(ValueError, match=r"do not fit shufflenet_v1_g8_x0_25"):
+        create_model("shufflenet_v1_g8_x0_25", weights=bare)
 
 
 def test_truncated_file(tmp_path):
@@ -193,7 +198,7 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("shufflenet.checkpoint.save_file", exploding_save_file)
+    monkeypatch.setattr("shufflenet.model_file.save_file", exploding_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_model(target, create_model("shufflenet_v1_g3_x0_25", num_classes=5))
     assert target.read_bytes() == old
