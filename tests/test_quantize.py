@@ -68,6 +68,25 @@ def test_quantized_model_follows_float(name, kw, size):
     assert torch.equal(shufflenet.quantize(m, x)(x), q(x))
 
 
+def test_input_and_activation_scales_from_calibration():
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25"))
+    x = 5 * torch.randn(4, 3, 32, 32)  # well outside [-1, 1]
+    q = quantize(m, x, method="minmax")
+    values = q.program.values
+    assert values[0].scale == pytest.approx(x.abs().max().item() / 127, rel=1e-6)
+    # minmax: every planar value's scale is its largest magnitude over the calibration set / qmax
+    from shufflenet.deploy.native.lower import lower
+    from shufflenet.quantize.calibrate import run_float
+
+    seen = {}
+    run_float(lower(m), x, lambda v, t: seen.__setitem__(v, t.abs().max().item()))
+    for v, amax in seen.items():
+        if not values[v].flat:
+            qmax = 255 if values[v].unsigned else 127
+            assert values[v].scale == pytest.approx(amax / qmax, rel=1e-5), v
+    _close_to_float(q, m, x, 0.03)
+
+
 def test_shuffle_kept_as_input_order_and_bn_folded():
     m = _randomize(create_model("shufflenet_v1_g3_x0_25"))
     q = quantize(m, torch.randn(2, 3, 32, 32))

@@ -65,9 +65,11 @@ def run_float(
     prog: Program, x: torch.Tensor, observe: Callable[[int, torch.Tensor], None] | None = None
 ) -> torch.Tensor:
     """The program's function on ``x`` (N, C, H, W) in float32; ``observe(value, tensor)`` sees every value
-    once it is complete (after its last writer)."""
+    once it is complete (the input first, then each value after its last writer)."""
     last = {op.dst: i for i, op in enumerate(prog.ops)}
     env: dict[int, torch.Tensor] = {0: x}
+    if observe is not None:
+        observe(0, x)  # the input is quantised too
     for i, op in enumerate(prog.ops):
         a = env[op.src]
         relu = op.act == ACT_RELU
