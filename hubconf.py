@@ -3,8 +3,10 @@
     model = torch.hub.load("/path/to/this/repo", "shufflenet_v1_g3_x1_0", source="local", num_classes=10)
     model = torch.hub.load(repo, "shufflenet_v2_x1_0", source="local", weights="shufflenetv2_x1.pth")
 
-Every entry point is ``shufflenet.create_model(name, weights=None, **kwargs)``: ``weights`` is a local file
-(a shufflenet ``.safetensors`` file or a ``torch.save`` state dict); nothing is downloaded. The package is
+Every entry point is ``shufflenet.create_model(name, weights=None, **kwargs)``: ``weights`` is a local file (a
+shufflenet model file, a Megvii v1 or torchvision v2 checkpoint converted in memory, or a state dict for ``name``;
+see :func:`shufflenet.factory.resolve_model`); ``num_classes`` other than the weights' re-initialises only the
+classifier, with a warning. Nothing is downloaded. The package is
 imported from this repository's ``src/`` directory (so a checkout works without installing it).
 """
 
@@ -35,7 +37,7 @@ def _make_entry(name: str):
     entry.__name__ = entry.__qualname__ = name
     doc = (_get_model_factory(name).__doc__ or name).strip()
     entry.__doc__ = (
-        f"{doc}\n\nArgs:\n    weights: optional local weight file (.safetensors or torch.save state dict).\n"
+        f"{doc}\n\nArgs:\n    weights: optional local weight file (model file, release checkpoint or state dict).\n"
         "    **kwargs: model options, e.g. num_classes=10, small_input=True."
     )
     return entry

@@ -13,10 +13,9 @@ from shufflenet.analysis.flow import (
     conv_connectivity,
     gconv_stack,
     measured_flow,
-    shuffle_permutation,
     structural_flow,
 )
-from shufflenet.ops.channel_shuffle import ChannelShuffle
+from shufflenet.ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
 
 C, G = 12, 3  # 4 channels per group
 
@@ -64,10 +63,12 @@ def test_conv_connectivity_literal() -> None:
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-def test_shuffle_permutation_matches_the_op(inverse: bool) -> None:
+def test_structural_flow_of_a_shuffle_is_its_permutation(inverse: bool) -> None:
+    # one input group per channel: the reachability is the (C, C) permutation matrix of the op itself
+    layer = ChannelUnshuffle(G) if inverse else ChannelShuffle(G)
+    reach = structural_flow([layer], C, C).astype(float)
     v = torch.arange(C, dtype=torch.float64).view(1, C, 1)
-    perm = shuffle_permutation(C, G, inverse=inverse).astype(float)
-    out = perm @ v.view(C).numpy()
+    out = reach @ v.view(C).numpy()
     ref = (
         channel_shuffle(v, G) if not inverse else channel_shuffle(v, C // G)
     )  # unshuffle = shuffle by C/g

@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from shufflenet import ChannelShuffle, ChannelUnshuffle, channel_shuffle, channel_unshuffle
+from shufflenet import (
+    ChannelShuffle,
+    ChannelUnshuffle,
+    channel_shuffle,
+    channel_shuffle_indices,
+    channel_unshuffle,
+)
 
 
 def shuffle_perm(channels: int, groups: int) -> list[int]:
@@ -88,6 +94,64 @@ def test_round_trip(channels, groups):
     x = torch.randn(3, channels, 5, 2)
     assert torch.equal(channel_unshuffle(channel_shuffle(x, groups), groups), x)
     assert torch.equal(channel_shuffle(channel_unshuffle(x, groups), groups), x)
+
+
+# ---------------------------------------------------------------------------------------------- indices
+
+
+def test_indices_literal_12_channels_3_groups():
+    idx = channel_shuffle_indices(12, 3)
+    assert idx.dtype == torch.int64 and idx.shape == (12,)
+    assert idx.tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    assert channel_shuffle_indices(12, 3, inverse=True).tolist() == [
+        0,
+        3,
+        6,
+        9,
+        1,
+        4,
+        7,
+        10,
+        2,
+        5,
+        8,
+        11,
+    ]
+    assert channel_shuffle_indices(6, 1).tolist() == [0, 1, 2, 3, 4, 5]
+    assert channel_shuffle_indices(4, 4, inverse=True).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups"), [(1, 1), (6, 2), (12, 4), (24, 8), (30, 5), (240, 3), (7, 7)]
+)
+def test_indices_match_the_loop_and_the_ops(channels, groups):
+    idx = channel_shuffle_indices(channels, groups)
+    inv = channel_shuffle_indices(channels, groups, inverse=True)
+    assert idx.tolist() == shuffle_perm(channels, groups)
+    assert inv.tolist() == inverse(shuffle_perm(channels, groups))
+    x = torch.randn(2, channels, 3, 2)
+    assert torch.equal(x[:, idx], channel_shuffle(x, groups))
+    assert torch.equal(x[:, inv], channel_unshuffle(x, groups))
+    # the modules say which permutation they apply
+    for module in (ChannelShuffle(groups), ChannelUnshuffle(groups)):
+        perm = channel_shuffle_indices(channels, module.groups, module.inverse)
+        assert torch.equal(x[:, perm], module(x))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((10, 3), ValueError, r"channels=10 is not divisible by groups=3"),
+        ((4, 8), ValueError, r"groups=8 is larger than channels=4"),
+        ((0, 1), ValueError, r"channels=0 must be a positive integer"),
+        ((12, 0), ValueError, r"groups=0 must be a positive integer"),
+        ((12.0, 3), TypeError, r"channels must be an int, got 12\.0"),
+        ((12, "3"), TypeError, r"groups must be an int, got '3'"),
+    ],
+)
+def test_indices_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        channel_shuffle_indices(*args)
 
 
 # ------------------------------------------------------------------------------ layouts, ranks, dtypes, autograd

@@ -19,7 +19,8 @@ from shufflenet import (
     create_model,
 )
 from shufflenet.deploy import BACKENDS, DeployedModel, channel_shuffle_nhwc, fold_conv_bn, optimize
-from shufflenet.deploy.fold import NotSupportedError, invert_permutation, shuffle_permutation
+from shufflenet.deploy.api import NotSupportedError
+from shufflenet.deploy.fold import invert_permutation, shuffle_permutation
 from shufflenet.deploy.optimized import FusedConv2d, OptimizedShuffleUnit, optimize_torch
 
 
@@ -356,3 +357,22 @@ def test_bench_cli_rejects_bad_arguments(capsys):
     assert main(["bench", "shufflenet_v1_g3_x0_25", "--backends", "eager,tpu"]) == 2
     assert main(["bench", "shufflenet_v1_g3_x0_25", "--batch", "0"]) == 2
     assert main(["bench", "no_such_model"]) == 2
+
+
+def test_time_interleaved_rotates_the_order_and_interleaved_latency_restores_threads():
+    from shufflenet.deploy.benchmark import interleaved_latency, time_interleaved
+
+    order: list[str] = []
+    calls = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    times = time_interleaved(calls, rounds=4)
+    assert order == list("abcbcacababc")  # round r starts at the r-th call
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="rounds=0"):
+        time_interleaved(calls, rounds=0)
+    threads = torch.get_num_threads()
+    out = interleaved_latency(
+        {"lin": torch.nn.Linear(4, 2)}, (1, 4), rounds=3, warmup=1, threads=max(1, threads - 1)
+    )
+    assert torch.get_num_threads() == threads
+    assert out["lin"]["min_ms"] <= out["lin"]["median_ms"] and out["lin"]["iqr_ms"] >= 0

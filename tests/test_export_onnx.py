@@ -131,14 +131,22 @@ def test_converted_megvii_checkpoint_exports(tmp_path, capsys):
 
 
 def test_export_errors(tmp_path, capsys):
+    # user errors: exit status 2, one line, nothing written
     assert (
         export_main([str(tmp_path / "missing.safetensors"), "--onnx", str(tmp_path / "o.onnx")])
-        == 1
+        == 2
     )
-    assert "does not exist" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "neither a registered model name nor an existing file" in line
     assert not (tmp_path / "o.onnx").exists()
-    with pytest.raises(SystemExit):
-        export_main([str(tmp_path / "x.safetensors")])  # --onnx is required
+    assert export_main([str(tmp_path / "x.safetensors")]) == 2  # --onnx is required
+    assert "--onnx" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ckpt = save_model(tmp_path / "m.safetensors", create_model("shufflenet_v1_g3_x0_25"))
+    assert export_main([str(ckpt), "--onnx", str(blocker / "o.onnx")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "is a file, not a directory" in line
 
 
 def test_static_spatial_size_for_non_global_pooling(tmp_path):

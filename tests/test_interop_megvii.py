@@ -238,7 +238,7 @@ def test_convert_cli_class_names(tmp_path):
     assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 0
     assert load_model(dst)[1].class_names == ["cat", "dog", "bird"]
     names.write_text("cat\ndog\n")
-    assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 1
+    assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 2
 
 
 def test_plain_state_dict_without_prefix_and_without_num_batches_tracked(tmp_path):
@@ -311,7 +311,7 @@ def test_pickles_needing_code_are_refused_not_run(tmp_path):
     torch.save({"state_dict": _CodeOnLoad()}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_megvii_v1(path)
-    assert convert_main(["--from", "megvii", str(path), str(tmp_path / "o.safetensors")]) == 1
+    assert convert_main(["--from", "megvii", str(path), str(tmp_path / "o.safetensors")]) == 2
     assert _EXECUTED == []
     assert not (tmp_path / "o.safetensors").exists()
     # the file does carry code: the unrestricted unpickler runs it (our own test object, harmless)

@@ -158,7 +158,11 @@ def test_damaged_metadata(tmp_path):
         "input_spec": "{}",
     }
     save_file({"weight": torch.zeros(1)}, str(path), metadata=meta)
-    with pytest.raises(ValueError, match=r"damaged shufflenet metadata"):
+    with pytest.raises(ValueError, match=r"metadata 'arch_kwargs' is not valid JSON"):
+        load_model(path)
+    del meta["arch_kwargs"]
+    save_file({"weight": torch.zeros(1)}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"damaged shufflenet metadata: 'arch_kwargs' is missing"):
         load_model(path)
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import shufflenet
 from shufflenet import (
     ChannelShuffle,
     ShuffleNetV1,
@@ -19,7 +20,14 @@ from shufflenet import (
     create_model,
     list_models,
 )
-from shufflenet.models import shufflenet_v1_channels
+from shufflenet.models import (
+    MobileNetV1,
+    ShuffleNetV2,
+    Xception,
+    get_model_factory,
+    in_channels,
+    shufflenet_v1_channels,
+)
 
 ALL_MODELS = list_models()
 
@@ -66,6 +74,8 @@ def test_num_classes_and_in_chans(name):
         out = model(torch.randn(2, 1, h, w))
     assert out.shape == (2, 7)
     assert model.num_classes == 7
+    assert model.in_chans == 1 and in_channels(model) == 1
+    assert in_channels(nn.Sequential(model)) == 1  # read off the wrapped model
     with pytest.raises(RuntimeError):  # the stem really expects one channel now
         model(torch.randn(2, 3, h, w))
 
@@ -83,6 +93,76 @@ def test_forward_equals_head_of_features(name):
         if "pre_logits" in inspect.signature(model.forward_head).parameters:
             pre = model.forward_head(feats, pre_logits=True)
             assert pre.dim() == 2 and pre.shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_factory_takes_only_model_options(name):
+    # a registered factory has no parameters of its own (no private argument can change the variant)
+    params = inspect.signature(get_model_factory(name)).parameters.values()
+    assert [p.kind for p in params] == [inspect.Parameter.VAR_KEYWORD]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("nin_root4", {"_root": 8}, "_root"),
+        ("nin_root4", {"root": 8}, r"nin_root4 fixes root=4; got root=8"),
+        ("nin_cifar10", {"root": 2}, r"nin_cifar10 fixes root=1"),
+        ("shufflenet_v1_g3_x1_0", {"groups": 8}, r"fixes groups=3; got groups=8"),
+        ("shufflenet_v1_g3_x1_0", {"width_mult": 2.0}, r"fixes width_mult=1\.0"),
+        ("shufflenet_v2_x0_5", {"width_mult": 1.0}, r"fixes width_mult=0\.5"),
+        ("mobilenet_v1_x0_25", {"width_mult": 1.0}, r"fixes width_mult=0\.25"),
+        ("alexnet_g1", {"groups": 2}, r"alexnet_g1 fixes groups=1"),
+        ("resnext26_32x4d", {"cardinality": 8}, r"fixes cardinality=32"),
+        ("xception_tiny", {"middle_blocks": 8}, r"fixes middle_blocks=2"),
+        ("xception_tiny", {"width_mult": 1.0}, r"fixes width_mult=0\.25"),
+    ],
+)
+def test_variant_arguments_cannot_be_overridden(name, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        create_model(name, **kwargs)
+
+
+def test_width_mult_is_one_name():
+    for name, width_mult in [
+        ("shufflenet_v1_g3_x0_25", 0.25),
+        ("shufflenet_v1_g8_x1_5", 1.5),
+        ("shufflenet_v2_x2_0", 2.0),
+        ("mobilenet_v1_x0_5", 0.5),
+        ("xception_tiny", 0.25),
+        ("xception", 1.0),
+    ]:
+        assert create_model(name).width_mult == width_mult, name
+    for cls in (ShuffleNetV1, ShuffleNetV2, MobileNetV1, Xception):
+        assert "width_mult" in inspect.signature(cls).parameters
+        assert "width" not in inspect.signature(cls).parameters
+
+
+def test_old_width_keyword_of_xception_still_loads(tmp_path):
+    # a model file written when Xception's multiplier was called ``width``
+    model = Xception(num_classes=3, middle_blocks=1, width_mult=0.125).eval()
+    path = shufflenet.save_model(
+        tmp_path / "x.safetensors",
+        model,
+        arch="xception",
+        arch_kwargs={"num_classes": 3, "middle_blocks": 1, "width": 0.125},
+    )
+    with pytest.warns(DeprecationWarning, match="width= is now called width_mult="):
+        loaded, _ = shufflenet.load_model(path)
+    assert loaded.width_mult == 0.125
+    x = torch.randn(1, 3, 71, 71)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="pass width_mult= only"):
+        create_model("xception", width=0.5, width_mult=0.5)
+
+
+def test_in_channels_of_other_modules():
+    # no in_chans attribute: the first convolution's input channels, in modules() order
+    assert in_channels(nn.Sequential(nn.ReLU(), nn.Conv2d(5, 8, 3), nn.Conv2d(8, 2, 1))) == 5
+    assert in_channels(ShuffleUnit(24, 48, stride=2, groups=3)) == 24
+    with pytest.raises(ValueError, match="cannot tell the input channels of Linear"):
+        in_channels(nn.Linear(4, 2))
 
 
 # ---------------------------------------------------------------------------------------------- ShuffleNet v1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import pickle
 
+import numpy as np
 import pytest
 
 from shufflenet import create_model, load_model
@@ -81,19 +84,33 @@ SMOKE = [
 @pytest.mark.slow
 def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
     out = tmp_path / "g"
-    args = ["groups", *SMOKE, "--roots", "1", "4", "--corr-images", "20", "--save-checkpoints"]
+    args = ["groups", *SMOKE, "--roots", "1", "4", "--corr-images", "20", "--save-checkpoints",
+            "--init-seeds", "0", "1", "--bootstrap", "2"]  # fmt: skip
     assert cli.main([*args, "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())["results"]
     assert set(res) == {"1", "4"}
     # single-channel input: the first conv has 1/3 of the weights of the RGB model (5*5*192*2 fewer)
     assert res["1"]["params"] == 966_986 - 5 * 5 * 192 * 2
+    key = res["4"]["correlation"]["conv2c-conv3a"]
+    assert key["groups"] == 2 and key["trained"]["images"] == 20 and len(key["untrained"]) == 2
+    assert key["excess"] == pytest.approx(key["trained_share"] - np.mean(key["untrained_shares"]))
+    assert set(res["4"]["correlation"]) == {
+        "conv1c-conv2a",
+        "conv2a-conv2b",
+        "conv2c-conv3a",
+        "conv3a-conv3b",
+    }
+    assert res["4"]["in_block_share"]["2"] == pytest.approx(key["trained_share"])
     assert (
-        res["4"]["correlation"]["block"]["groups"] == 2 and res["4"]["correlation"]["images"] == 20
-    )
-    assert 0.0 <= res["4"]["in_block_share"]["2"] <= 1.0
+        res["1"]["correlation"]["conv2c-conv3a"]["excess"] is None
+    )  # dense: scored at other counts only
+    assert 0.0 <= res["1"]["in_block_share_untrained"]["2"] <= 1.0
+    assert res["4"]["train_images"] == 20 and 0.0 <= res["4"]["train_top1"] <= 1.0
     report = (out / "report.md").read_text()
     assert "| root-4 |" in report and "92.02" in report  # published accuracy beside ours
-    for fig in ("correlation_panels.png", "accuracy.png"):
+    assert "learned excess" in report and "| root-4 untrained |" in report
+    assert "load average at the end (1 / 5 / 15 min)" in report
+    for fig in ("correlation_panels.png", "correlation_shares.png", "accuracy.png"):
         assert (out / fig).stat().st_size < 300_000
     model, info = load_model(out / "checkpoints" / "nin_root4.safetensors")
     assert info.arch == "nin_root4" and info.input_spec.channel_order == "L"
@@ -103,11 +120,31 @@ def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
 @pytest.mark.slow
 def test_shuffle_smoke_on_builtin_digits(tmp_path) -> None:
     out = tmp_path / "s"
-    assert cli.main(["shuffle", *SMOKE, "--groups", "3", "--epochs", "1", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())["results"]
-    on, off = res["shufflenet_v1_g3_x0_25/shuffle"], res["shufflenet_v1_g3_x0_25/none"]
+    args = ["shuffle", *SMOKE, "--groups", "1", "3", "--seeds", "0", "1", "--epochs", "1"]
+    assert cli.main([*args, "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    res, summary = data["results"], data["summary"]
+    on, off = res["shufflenet_v1_g3_x0_25/shuffle/seed0"], res["shufflenet_v1_g3_x0_25/none/seed0"]
     assert on["params"] == off["params"] and on["macs"] == off["macs"]  # shuffle is free
-    assert "| 0.25x, g=3 |" in (out / "report.md").read_text()
+    # the paired gap per seed, its mean and standard error
+    gaps = [
+        100 * (res[f"shufflenet_v1_g3_x0_25/shuffle/seed{s}"]["test_top1"]
+               - res[f"shufflenet_v1_g3_x0_25/none/seed{s}"]["test_top1"])
+        for s in (0, 1)
+    ]  # fmt: skip
+    assert summary["0.25/3"]["gaps"] == pytest.approx(gaps)
+    assert summary["0.25/3"]["gap"][0] == pytest.approx(np.mean(gaps))
+    assert summary["0.25/3"]["gap"][1] == pytest.approx(np.std(gaps, ddof=1) / np.sqrt(2))
+    # g = 1: one function, trained once per seed, gap 0
+    g1 = res["shufflenet_v1_g1_x0_25/none/seed1"]
+    assert g1["same_function_as_shuffle"] is True and summary["0.25/1"]["gaps"] == [0.0, 0.0]
+    assert g1["test_top1"] == res["shufflenet_v1_g1_x0_25/shuffle/seed1"]["test_top1"]
+    report = (out / "report.md").read_text()
+    assert "| 0.25x, g=3 |" in report and "| 0.25x, g=1 (control) |" in report
+    assert (
+        "identical outputs for every seed" in report
+        and (out / "shuffle_gap.png").stat().st_size > 0
+    )
 
 
 @pytest.mark.slow
@@ -117,6 +154,43 @@ def test_alexnet_groups_smoke_on_builtin_digits(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "single-channel" in report  # no colour measure for grey digits
     assert (out / "conv1_filters.png").stat().st_size > 0
+
+
+def _write_rgb_cifar(root, n_train: int, n_test: int) -> None:
+    """A CIFAR-10 directory of random RGB images in the official python layout."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    per = -(-n_train // 5)
+    for b in range(5):
+        flat = rng.integers(0, 256, (per, 3072)).astype(np.uint8)
+        batch = {b"labels": [i % 10 for i in range(per)], b"data": flat}
+        (d / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch))
+    flat = rng.integers(0, 256, (n_test, 3072)).astype(np.uint8)
+    (d / "test_batch").write_bytes(
+        pickle.dumps({b"labels": [i % 10 for i in range(n_test)], b"data": flat})
+    )
+    names = [f"class{i}".encode() for i in range(10)]
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+
+
+@pytest.mark.slow
+def test_alexnet_groups_colour_spread_over_filters(tmp_path) -> None:
+    _write_rgb_cifar(tmp_path / "data", 20, 10)
+    out = tmp_path / "a"
+    args = ["alexnet-groups", "--data", str(tmp_path / "data"), "--budget", "smoke", "--epochs", "1",
+            "--image-size", "63", "--batch-size", "10", "--threads", "1", "--no-progress"]  # fmt: skip
+    assert cli.main([*args, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "conv1_colour.csv").open()))
+    record = json.loads((out / "results.json").read_text())["filters"]
+    for label, column in (("trained", "colour_trained"), ("at initialisation", "colour_init")):
+        for k, group in enumerate(record[label]["per_group"]):
+            values = [float(r[column]) for r in rows if int(r["group"]) == k]
+            assert len(values) == 48
+            assert group["mean"] == pytest.approx(np.mean(values), rel=1e-6)
+            assert group["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-5)
+            assert group["q25"] == pytest.approx(np.percentile(values, 25), rel=1e-5)
+    assert "mean ± sd (quartiles)" in (out / "report.md").read_text()
 
 
 def _tiny_model():

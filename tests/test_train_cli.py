@@ -78,8 +78,9 @@ def test_predict_prints_top_classes(run_dir, tmp_path, capsys):
 def test_predict_reports_unreadable_images(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    assert predict.main([str(run_dir / "model.safetensors"), str(bad)]) == 1
-    assert "bad.png" in capsys.readouterr().err
+    assert predict.main([str(run_dir / "model.safetensors"), str(bad)]) == 2  # a user error
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("shufflenet predict: error:") and "bad.png" in line
 
 
 def test_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -87,7 +87,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(stopped_run, capsys) -> Non
         (["--image-size", "100000"], "image_size=100000 must be a whole number of pixels"),
         # 11x11/4 convolution and three unpadded 3x3/2 max pools: 63 px is the least that gives 1x1
         (["--model", "alexnet_g2"], "image_size=32 is too small for alexnet_g2: it needs at least 63x63"),
-        (["--model-kwargs", '{"groups": 5}'], "groups is fixed by the model name"),
+        (["--model-kwargs", '{"groups": 5}'], "shufflenet_v1_g3_x0_5 fixes groups=3; got groups=5"),
         (["--model-kwargs", '{"num_classes": 3}'], "num_classes=3 does not match the data's 10 classes"),
         (["--model-kwargs", '{"bogus": 1}'], "unexpected keyword argument 'bogus'"),
     ],

@@ -28,6 +28,7 @@ from .ops import (
     ChannelShuffle,
     ChannelUnshuffle,
     channel_shuffle,
+    channel_shuffle_indices,
     channel_unshuffle,
     grouped_conv2d_reference,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SqueezeExcite",
     "__version__",
     "channel_shuffle",
+    "channel_shuffle_indices",
     "channel_unshuffle",
     "create_model",
     "grouped_conv2d_reference",

@@ -226,9 +226,13 @@ def describe_peer_failure(wait_s: float = 2.0) -> str:
     if dead:
         who = ", ".join(f"rank {r} (pid {_PEERS[r][1]})" for r in dead)
         return f"{who} exited"
+    try:
+        timeout = f"{dist_timeout().total_seconds():g} s, {TIMEOUT_ENV}"
+    except ValueError:  # explaining one error must not raise another
+        timeout = TIMEOUT_ENV
     return (
         "another rank has probably failed or stopped responding within the process-group timeout "
-        f"({dist_timeout().total_seconds():g} s, {TIMEOUT_ENV}); check the other ranks' logs"
+        f"({timeout}); check the other ranks' logs"
     )
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from .data.spec import InputSpec
 from .interop.releases import convert_release, detect_release
 from .interop.torch_files import load_torch_state_dict
-from .model_file import is_model_file, read_model_file, read_safetensors
+from .model_file import build_from_info, is_model_file, parse_model_info, read_safetensors
 from .models import create_model as build_model
 from .models import get_model_factory, is_model
 from .quantize.io import is_int8_file, load_quantized
@@ -76,6 +76,8 @@ class ResolvedModel:
         source: one of :data:`SOURCES`.
         path: the file it was read from (``None`` for a registry name).
         notes: one-line notes for the user (a conversion, a re-initialised classifier, ...).
+        extra: what the file records besides (a model file's ``extra``: training data, epoch, the source of
+            a conversion, ...).
     """
 
     model: nn.Module
@@ -86,6 +88,7 @@ class ResolvedModel:
     source: str
     path: Path | None
     notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +194,9 @@ def _read_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str] | Non
         raise ValueError(f"{str(path)!r} is not a file")
     with open(path, "rb") as f:
         head = f.read(9)
-    # safetensors: an 8-byte little-endian header length, then the JSON header
-    if len(head) == 9 and head[8:9] == b"{":
+    # safetensors: an 8-byte little-endian header length, then the JSON header (the suffix only decides
+    # which reader's error a damaged file gets)
+    if (len(head) == 9 and head[8:9] == b"{") or path.suffix.lower() == ".safetensors":
         return read_safetensors(path)
     return load_torch_state_dict(path), None
 
@@ -320,15 +324,10 @@ def resolve_model(
     tensors, meta = _read_any(path)
     notes: list[str] = []
     if meta is not None and is_model_file(meta):
-        _, info = read_model_file(path)
+        info = parse_model_info(path, meta)
         _check_name(arch, info.arch, path, "a model")
         _check_kwargs(arch_kwargs, info.arch_kwargs, path)
-        try:
-            model = build_model(info.arch, **info.arch_kwargs)
-        except TypeError as e:
-            raise ValueError(
-                f"{str(path)!r} stores arch_kwargs that {info.arch} does not take: {e}"
-            ) from None
+        model = build_from_info(info, path)
         try:
             load_matching(model, tensors, strict=True)
         except ValueError as e:
@@ -348,7 +347,15 @@ def resolve_model(
         if in_chans is not None and in_chans != spec_.in_chans:
             spec_ = _spec(in_chans, like=spec_)
         return ResolvedModel(
-            model.eval(), info.arch, kwargs, spec_, class_names, "shufflenet", path, tuple(notes)
+            model.eval(),
+            info.arch,
+            kwargs,
+            spec_,
+            class_names,
+            "shufflenet",
+            path,
+            tuple(notes),
+            dict(info.extra),
         )
     release = detect_release(tensors)
     if release is not None:
@@ -365,7 +372,15 @@ def resolve_model(
         if in_chans is not None and in_chans != spec_.in_chans:
             spec_ = _spec(in_chans, like=spec_)
         return ResolvedModel(
-            model.eval(), cfg["arch"], kwargs, spec_, None, release, path, tuple(notes)
+            model.eval(),
+            cfg["arch"],
+            kwargs,
+            spec_,
+            None,
+            release,
+            path,
+            tuple(notes),
+            dict(converted.extra),
         )
     if arch is None:
         raise ValueError(
@@ -373,6 +388,14 @@ def resolve_model(
             "architecture, e.g. shufflenet.create_model(NAME, weights=PATH) or --weights with a model name"
         )
     model = build_model(arch, **given, **arch_kwargs)
+    if num_classes is None:  # the classifier's size comes from the weights
+        rows = {
+            int(tensors[k].shape[0])
+            for k in _head_keys(model)
+            if k.endswith("weight") and k in tensors and tensors[k].dim() >= 1
+        }
+        if len(rows) == 1 and rows != {getattr(model, "num_classes", None)}:
+            model = build_model(arch, num_classes=rows.pop(), **given, **arch_kwargs)
     try:
         report = load_matching(model, tensors, strict=strict)
     except ValueError as e:

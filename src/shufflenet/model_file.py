@@ -27,15 +27,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data.spec import InputSpec
-from .models import create_model
+from .models import create_model, is_model
 from .utils.atomic import atomic_path
 
 __all__ = [
     "FORMAT",
+    "build_from_info",
     "ModelInfo",
     "is_model_file",
     "load_model",
     "load_weights",
+    "parse_model_info",
     "read_info",
     "read_model_file",
     "read_safetensors",
@@ -117,7 +119,7 @@ def read_safetensors(
 def read_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Parse the metadata of a model file written by :func:`save_model`."""
     _, meta = read_safetensors(path)
-    return _info_from_metadata(path, meta)
+    return parse_model_info(path, meta)
 
 
 def is_model_file(metadata: dict[str, str]) -> bool:
@@ -128,26 +130,86 @@ def is_model_file(metadata: dict[str, str]) -> bool:
 def read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     """The tensors and the parsed metadata of a model file written by :func:`save_model`."""
     tensors, meta = read_safetensors(path)
-    return tensors, _info_from_metadata(path, meta)
+    return tensors, parse_model_info(path, meta)
 
 
-def _info_from_metadata(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
+#: bounds on what a model file may ask to build (a damaged or hostile file must not allocate terabytes)
+MAX_NUM_CLASSES = 100_000
+MAX_IN_CHANS = 4
+
+
+def parse_model_info(path: str | os.PathLike[str], meta: dict[str, str]) -> ModelInfo:
+    """Parse and check the metadata: every problem is one :class:`ValueError` naming the file and the key."""
+    where = repr(str(path))
     if meta.get("format") != FORMAT:
         raise ValueError(
-            f"{str(path)!r} is a safetensors file but not a shufflenet model file "
+            f"{where} is a safetensors file but not a shufflenet model file "
             f"(metadata format={meta.get('format')!r}, expected {FORMAT!r}); "
             "for a bare state dict use shufflenet.create_model(name, weights=path)"
         )
+    fields = {}
+    for key, default in (
+        ("arch", None),
+        ("arch_kwargs", None),
+        ("input_spec", None),
+        ("class_names", "null"),
+        ("extra", "{}"),
+    ):
+        raw = meta.get(key, default)
+        if raw is None:
+            raise ValueError(f"{where} has damaged shufflenet metadata: {key!r} is missing")
+        if key == "arch":
+            fields[key] = raw
+            continue
+        try:
+            fields[key] = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: metadata {key!r} is not valid JSON ({e})") from None
+    arch, kwargs, spec = fields["arch"], fields["arch_kwargs"], fields["input_spec"]
+    if not is_model(arch):
+        raise ValueError(f"{where}: metadata arch={arch!r} is not a registered model")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{where}: metadata arch_kwargs must be a JSON object, got {kwargs!r:.80}")
+    for key, high in (("num_classes", MAX_NUM_CLASSES), ("in_chans", MAX_IN_CHANS)):
+        if key in kwargs:
+            v = kwargs[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= high:
+                raise ValueError(
+                    f"{where}: metadata arch_kwargs {key}={v!r:.40} must be an integer from 1 to {high}"
+                )
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: metadata input_spec must be a JSON object, got {spec!r:.80}")
     try:
-        return ModelInfo(
-            arch=meta["arch"],
-            arch_kwargs=json.loads(meta["arch_kwargs"]),
-            input_spec=InputSpec.from_dict(json.loads(meta["input_spec"])),
-            class_names=json.loads(meta.get("class_names", "null")),
-            extra=json.loads(meta.get("extra", "{}")),
+        input_spec = InputSpec.from_dict(spec)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: metadata input_spec is not valid: {e}") from None
+    names = fields["class_names"]
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(
+            f"{where}: metadata class_names must be a list of strings (or null), got {names!r:.80}"
         )
-    except (KeyError, json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{str(path)!r} has damaged shufflenet metadata: {e}") from e
+    if not isinstance(fields["extra"], dict):
+        raise ValueError(f"{where}: metadata extra must be a JSON object")
+    return ModelInfo(arch, kwargs, input_spec, names, fields["extra"])
+
+
+def build_from_info(info: ModelInfo, path: str | os.PathLike[str]) -> nn.Module:
+    """The (untrained) model a model file's metadata describes; arch_kwargs the architecture does not take,
+    or class names that do not match its outputs, are a :class:`ValueError` naming the file."""
+    try:
+        model = create_model(info.arch, **info.arch_kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"{str(path)!r}: metadata arch_kwargs {sorted(info.arch_kwargs)} do not fit {info.arch}: {e}"
+        ) from None
+    n = getattr(model, "num_classes", None)
+    if info.class_names is not None and n is not None and len(info.class_names) != n:
+        raise ValueError(
+            f"{str(path)!r}: metadata lists {len(info.class_names)} class names; the model has {n} outputs"
+        )
+    return model
 
 
 def load_model(
@@ -158,7 +220,7 @@ def load_model(
     The model is in eval mode on ``map_location``.
     """
     tensors, info = read_model_file(path)
-    model = create_model(info.arch, **info.arch_kwargs)
+    model = build_from_info(info, path)
     _load_state(model, tensors, path)
     return model.to(map_location).eval(), info
 

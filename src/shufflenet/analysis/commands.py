@@ -16,77 +16,133 @@ from torch import nn
 
 from ..data import build_transform, make_loader
 from ..data.subsets import dataset_split
-from .correlation import LayerCorrelation, layer_correlation
+from ..factory import resolve_model
+from .correlation import LayerCorrelation
+from .correlation_control import ControlledCorrelation, controlled_correlation, default_pairs
 from .filters import FilterGroups, filter_groups
 from .flow import chain_layers, gconv_stack, measured_flow, structural_flow
 from .layers import find_module, first_conv
 from .outputs import write_csv, write_json, write_matrix_csv
+from .plots import (
+    plot_correlation_panels,
+    plot_filter_groups,
+    plot_flow_panels,
+    plot_share_controls,
+)
 
 __all__ = [
     "correlate_checkpoint",
-    "write_correlation",
+    "write_controlled_correlation",
     "flow_report",
     "gconv_stack_flow",
     "filters_report",
 ]
 
 
-def write_correlation(
-    result: LayerCorrelation, out_dir: str | os.PathLike[str], title: str, config: dict[str, Any]
-) -> dict[str, Path]:
-    """``correlation.png`` (heat map), ``correlation.json`` (numbers + config), ``correlation.csv`` (matrix)."""
-    from .plots import plot_correlation_panels
+def _pair_tag(r: ControlledCorrelation) -> str:
+    return f"{r.trained.layer_a.split('.')[-1]}-{r.trained.layer_b.split('.')[-1]}"
 
+
+def write_controlled_correlation(
+    results: Sequence[ControlledCorrelation],
+    out_dir: str | os.PathLike[str],
+    title: str,
+    config: dict[str, Any],
+) -> dict[str, Path]:
+    """``correlation.png`` (heat maps: each pair trained and untrained with the first init seed),
+    ``shares.png`` (in-block share trained / untrained / chance per pair, when a pair has groups and there is
+    a control), ``correlation.json`` (numbers + config) and ``correlation_A-B.csv`` (each trained matrix)."""
     out = Path(out_dir)
-    return {
-        "figure": plot_correlation_panels([(title, result)], out / "correlation.png"),
-        "json": write_json(
-            out / "correlation.json", {"config": config, "result": result.to_dict()}
-        ),
-        "matrix": write_matrix_csv(
-            out / "correlation.csv", result.matrix, row_label=result.layer_a
-        ),
+    panels: list[tuple[str, LayerCorrelation]] = []
+    for r in results:
+        panels.append((f"{title} {_pair_tag(r)}: trained", r.trained))
+        if r.untrained:
+            panels.append((f"untrained (init seed {r.seeds[0]})", r.untrained[0]))
+    paths = {
+        "figure": plot_correlation_panels(
+            panels, out / "correlation.png", ncols=2 if results[0].untrained else 1
+        )
     }
+    scored = [r for r in results if r.excess is not None]
+    if scored:
+        paths["shares"] = plot_share_controls(
+            [f"{_pair_tag(r)}\n(g={r.groups})" for r in scored],
+            [r.trained_share for r in scored],
+            [r.untrained_share for r in scored],
+            [r.seed_sd for r in scored],
+            [r.chance for r in scored],
+            out / "shares.png",
+            title=f"{title}: in-block share, trained vs untrained ({len(scored[0].seeds)} init seeds)",
+            excess_interval=[
+                None if r.bootstrap is None else (r.bootstrap["low"], r.bootstrap["high"])
+                for r in scored
+            ],
+        )
+    paths["json"] = write_json(
+        out / "correlation.json",
+        {"config": config, "pairs": [r.to_dict() for r in results]},
+    )
+    for r in results:
+        paths[f"matrix {_pair_tag(r)}"] = write_matrix_csv(
+            out / f"correlation_{_pair_tag(r)}.csv", r.trained.matrix, row_label=r.trained.layer_a
+        )
+    return paths
 
 
 def correlate_checkpoint(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
-    layers: Sequence[str],
+    pairs: Sequence[tuple[str, str]] | None,
     out_dir: str | os.PathLike[str],
     split: str = "test",
     max_images: int | None = 2000,
     batch_size: int = 100,
     groups: int | None = None,
     eps: float = 1e-3,
+    seeds: Sequence[int] = (0, 1, 2),
+    bootstrap: int = 0,
+    chunks: int = 10,
     device: str = "cpu",
     progress: bool = False,
-) -> tuple[LayerCorrelation, dict[str, Path]]:
-    """Load a model file, stream ``max_images`` images of ``data`` through it and write the correlation of
-    ``layers[0]`` and ``layers[1]``."""
-    from ..model_file import load_model
-
-    if len(layers) != 2:
-        raise ValueError(f"give exactly two layers, got {list(layers)}")
+) -> tuple[list[ControlledCorrelation], dict[str, Path]]:
+    """Load a model (``checkpoint``: anything :func:`shufflenet.factory.resolve_model` takes: a model file, a
+    published checkpoint, a name), stream ``max_images`` images of ``data`` through it and through untrained
+    models of its architecture (one per init seed in ``seeds``), and write the correlation of every layer pair
+    (default: :data:`~shufflenet.analysis.correlation_control.NIN_PAIRS` for NIN) with the learned excess."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
-    model, info = load_model(checkpoint, map_location=device)
+    resolved = resolve_model(checkpoint)
+    model, arch, spec = resolved.model.to(device), resolved.name, resolved.input_spec
+    pairs = default_pairs(model) if pairs is None else pairs  # fail before reading any data
     ds = dataset_split(data, train=split == "train", count=max_images)
-    loader = make_loader(ds, build_transform(info.input_spec, False), batch_size, False)
-    result = layer_correlation(
-        model, loader, layers[0], layers[1], groups, max_images, eps, device, progress
+    loader = make_loader(ds, build_transform(spec, False), batch_size, False)
+    results = controlled_correlation(
+        model,
+        loader,
+        pairs,
+        seeds,
+        groups=groups,
+        max_images=max_images,
+        eps=eps,
+        bootstrap=bootstrap,
+        chunks=chunks,
+        device=device,
+        progress=progress,
     )
     config = {
         "checkpoint": str(checkpoint),
-        "arch": info.arch,
+        "arch": arch,
         "data": str(data),
         "split": split,
         "max_images": max_images,
-        "layers": list(layers),
+        "pairs": [list(r.pair) for r in results],
         "groups": groups,
         "eps": eps,
+        "init_seeds": list(seeds),
+        "bootstrap": bootstrap,
+        "chunks": chunks,
     }
-    return result, write_correlation(result, out_dir, f"{info.arch}", config)
+    return results, write_controlled_correlation(results, out_dir, arch, config)
 
 
 def gconv_stack_flow(channels: int, groups: int, depth: int, shuffle: bool) -> list[dict[str, Any]]:
@@ -135,8 +191,6 @@ def flow_report(
 ) -> dict[str, Path]:
     """Flow heat maps: of the pointwise-group-conv stack (``model=None``: with and without shuffle, after
     each layer), or of ``model``'s submodule ``module_name`` (measured; structural too when it is a chain)."""
-    from .plots import plot_flow_panels
-
     out = Path(out_dir)
     panels: list[tuple[str, np.ndarray]] = []
     record: dict[str, Any] = {}
@@ -191,8 +245,6 @@ def filters_report(
     config: dict[str, Any] | None = None,
 ) -> tuple[FilterGroups, dict[str, Path]]:
     """``filters.png`` (grid by group), ``filters.json`` (per-group colour), ``filters.csv`` (per filter)."""
-    from .plots import plot_filter_groups
-
     fg = filter_groups(model, layer, groups)
     out = Path(out_dir)
     rows = []

@@ -18,14 +18,16 @@ is 0 for no structure and 1 for a perfectly block-diagonal matrix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .layers import capture_outputs, find_module, first_conv
 
@@ -38,6 +40,10 @@ __all__ = [
     "LayerCorrelation",
     "layer_correlation",
     "paired_samples",
+    "pair_groups",
+    "StreamedMoments",
+    "stream_pair_moments",
+    "correlation_from_moments",
 ]
 
 
@@ -78,6 +84,40 @@ class CrossMoments:
         self._syy += y.T @ y
         self._sxy += x.T @ y
 
+    @classmethod
+    def merged(cls, parts: Sequence[CrossMoments]) -> CrossMoments:
+        """One set of moments holding every sample of ``parts`` (taken around the first part's shift).
+
+        A part's sums around its own shift ``s`` move to the common shift ``t`` with ``d = s - t``:
+        ``sum(x - t) = sum(x - s) + n d`` and
+        ``sum (x - t)(y - t')^T = sum (x - s)(y - s')^T + S_x e^T + d S_y^T + n d e^T`` (``e = s' - t'``).
+        """
+        parts = [p for p in parts if p.n > 0]
+        if not parts:
+            raise ValueError("no samples to merge: every part is empty")
+        first = parts[0]
+        out = cls(first.dim_x, first.dim_y, device=first._sx.device)
+        out._shift_x, out._shift_y = first._shift_x.clone(), first._shift_y.clone()
+        for p in parts:
+            if (p.dim_x, p.dim_y) != (out.dim_x, out.dim_y):
+                raise ValueError(
+                    f"cannot merge moments of {p.dim_x}x{p.dim_y} and {out.dim_x}x{out.dim_y} features"
+                )
+            d, e = p._shift_x - out._shift_x, p._shift_y - out._shift_y
+            out.n += p.n
+            out._sx += p._sx + p.n * d
+            out._sy += p._sy + p.n * e
+            out._sxx += (
+                p._sxx + torch.outer(p._sx, d) + torch.outer(d, p._sx) + p.n * torch.outer(d, d)
+            )
+            out._syy += (
+                p._syy + torch.outer(p._sy, e) + torch.outer(e, p._sy) + p.n * torch.outer(e, e)
+            )
+            out._sxy += (
+                p._sxy + torch.outer(p._sx, e) + torch.outer(d, p._sy) + p.n * torch.outer(d, e)
+            )
+        return out
+
     def _check(self) -> None:
         if self.n < 2:
             raise ValueError(f"need at least 2 samples to estimate a covariance, have {self.n}")
@@ -111,6 +151,18 @@ class CrossMoments:
         return self._cov(self._sxy, self._sx, self._sy)
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run the block on one torch thread, then restore the count: LAPACK's eigensolver on a few hundred
+    dimensions is fastest on one thread, and on a busy machine a second thread can make it 50 times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def zca_matrix(cov: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """ZCA whitening matrix ``U diag((lambda + e)^-1/2) U^T`` of a (d, d) covariance.
 
@@ -118,7 +170,8 @@ def zca_matrix(cov: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     variance is (near) zero, from being blown up.
     """
     cov = 0.5 * (cov + cov.T)
-    evals, evecs = torch.linalg.eigh(cov)
+    with _single_thread():
+        evals, evecs = torch.linalg.eigh(cov)
     reg = eps * float(torch.trace(cov)) / cov.shape[0]
     inv_sqrt = 1.0 / torch.sqrt(evals.clamp_min(0) + max(reg, 1e-12))
     return (evecs * inv_sqrt) @ evecs.T
@@ -225,7 +278,157 @@ def default_groups(model: nn.Module, layer_b: str) -> int:
     return 1 if conv is None else int(conv.groups)
 
 
+def pair_groups(model: nn.Module, layer_a: str, layer_b: str) -> int:
+    """Blocks to score the pair with: the groups of ``layer_b``'s first conv when it has several (its groups
+    see disjoint blocks of ``layer_a``'s channels), else those of ``layer_a``'s (its outputs come in blocks
+    that ``layer_b`` mixes), else 1.
+
+    For NIN root-N: conv2c-conv3a and conv3a-conv3b give N/2, conv1c-conv2a and conv2a-conv2b give N.
+    """
+    g = default_groups(model, layer_b)
+    return g if g > 1 else default_groups(model, layer_a)
+
+
+@dataclasses.dataclass
+class StreamedMoments:
+    """What :func:`stream_pair_moments` collects: per model key and layer pair (as given), one
+    :class:`CrossMoments` per chunk of consecutive images, the full layer names, and one image's response
+    shapes (C, H, W)."""
+
+    images: int
+    chunks: dict[str, dict[tuple[str, str], list[CrossMoments]]]
+    names: dict[str, dict[tuple[str, str], tuple[str, str]]]
+    shapes: dict[str, dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]]]
+
+    def merged(
+        self, key: str, pair: tuple[str, str], take: Sequence[int] | None = None
+    ) -> CrossMoments:
+        """The moments of all chunks (or of the chunks ``take``, repeats allowed: a bootstrap resample)."""
+        parts = self.chunks[key][pair]
+        return CrossMoments.merged(parts if take is None else [parts[i] for i in take])
+
+
+def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"layer pair {pair!r} must be two layer names (A, B)")
+        out.append((pair[0], pair[1]))
+    if not out:
+        raise ValueError("give at least one layer pair")
+    return out
+
+
 @torch.no_grad()
+def stream_pair_moments(
+    models: Mapping[str, nn.Module],
+    batches: Iterable[Any],
+    pairs: Sequence[tuple[str, str]],
+    max_images: int | None = None,
+    chunk_images: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> StreamedMoments:
+    """One pass over ``batches``: every batch goes through every model (eval mode) and adds the paired
+    samples of every layer pair to that model's moments.
+
+    Args:
+        models: models keyed by a label (e.g. ``{"trained": m, "untrained-0": m0}``), all fed the same images.
+        batches: image tensors (N, C, H, W) or ``(images, labels, ...)`` tuples, normalised as the models expect.
+        pairs: ``(layer_a, layer_b)`` names (full dotted names or unique suffixes).
+        max_images: stop after this many images.
+        chunk_images: start new moments every this many images (for a bootstrap over images); ``None``: one
+            chunk.
+        device: where the models run (default: where the first model's parameters are).
+    """
+    pairs = _check_pairs(pairs)
+    if not models:
+        raise ValueError("give at least one model")
+    if chunk_images is not None and (isinstance(chunk_images, bool) or chunk_images < 1):
+        raise ValueError(f"chunk_images={chunk_images!r} must be a positive integer or None")
+    if device is None:
+        param = next(next(iter(models.values())).parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    layers = list(dict.fromkeys(name for pair in pairs for name in pair))
+    models = {k: m.to(device).eval() for k, m in models.items()}
+    names = {
+        k: {p: (find_module(m, p[0])[0], find_module(m, p[1])[0]) for p in pairs}
+        for k, m in models.items()
+    }
+    chunks: dict[str, dict[tuple[str, str], list[CrossMoments]]] = {
+        k: {p: [] for p in pairs} for k in models
+    }
+    shapes: dict[str, dict[tuple[str, str], Any]] = {k: {} for k in models}
+    images = 0
+    bar = None
+    if progress:
+        bar = tqdm(total=max_images, unit="img", desc="correlation")
+    with contextlib.ExitStack() as stack:
+        outs = {k: stack.enter_context(capture_outputs(m, layers)) for k, m in models.items()}
+        for batch in batches:
+            x = _images_of(batch)
+            if max_images is not None:
+                x = x[: max_images - images]
+            if x.shape[0] == 0:
+                break
+            x = x.to(device)
+            # images [lo, hi) of this batch fall into chunk c
+            cuts = _chunk_cuts(images, x.shape[0], chunk_images)
+            for key, model in models.items():
+                model(x)
+                for pair in pairs:
+                    a, b = outs[key][pair[0]], outs[key][pair[1]]
+                    shapes[key][pair] = (tuple(a.shape[1:]), tuple(b.shape[1:]))
+                    sa, sb = paired_samples(a, b)
+                    per_image = sa.shape[0] // x.shape[0]
+                    store = chunks[key][pair]
+                    for c, lo, hi in cuts:
+                        if c == len(store):
+                            store.append(CrossMoments(sa.shape[1], sb.shape[1], device=device))
+                        rows = slice(lo * per_image, hi * per_image)
+                        store[c].update(sa[rows], sb[rows])
+            images += x.shape[0]
+            if bar is not None:
+                bar.update(x.shape[0])
+            if max_images is not None and images >= max_images:
+                break
+    if bar is not None:
+        bar.close()
+    if images == 0:
+        raise ValueError("no images: the batches were empty")
+    return StreamedMoments(images, chunks, names, shapes)
+
+
+def _chunk_cuts(seen: int, count: int, chunk: int | None) -> list[tuple[int, int, int]]:
+    """(chunk index, first, end) of a batch's images ``[0, count)`` when ``seen`` images came before."""
+    if chunk is None:
+        return [(0, 0, count)]
+    cuts, lo = [], 0
+    while lo < count:
+        c = (seen + lo) // chunk
+        hi = min(count, (c + 1) * chunk - seen)
+        cuts.append((c, lo, hi))
+        lo = hi
+    return cuts
+
+
+def correlation_from_moments(
+    moments: CrossMoments,
+    layer_a: str,
+    layer_b: str,
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+    images: int,
+    groups: int,
+    eps: float = 1e-3,
+) -> LayerCorrelation:
+    """The :class:`LayerCorrelation` of streamed moments, scored with ``groups`` blocks (none for 1)."""
+    matrix = whitened_cross_covariance(moments, eps).cpu().numpy()
+    block = block_diagonality(matrix, groups) if groups > 1 else None
+    return LayerCorrelation(
+        layer_a, layer_b, shapes[0], shapes[1], images, moments.n, matrix, block, eps
+    )
+
+
 def layer_correlation(
     model: nn.Module,
     batches: Iterable[Any],
@@ -250,46 +453,18 @@ def layer_correlation(
         eps: ZCA regulariser relative to the mean variance (see :func:`zca_matrix`).
         progress: show a tqdm bar.
     """
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    model = model.to(device).eval()
-    name_a, _ = find_module(model, layer_a)
-    name_b, _ = find_module(model, layer_b)
+    pair = (layer_a, layer_b)
     groups = default_groups(model, layer_b) if groups is None else groups
-    moments: CrossMoments | None = None
-    images = 0
-    shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_images, unit="img", desc=f"{layer_a} vs {layer_b}")
-    with capture_outputs(model, [layer_a, layer_b]) as out:
-        for batch in batches:
-            x = _images_of(batch)
-            if max_images is not None:
-                x = x[: max_images - images]
-            if x.shape[0] == 0:
-                break
-            model(x.to(device))
-            a, b = out[layer_a], out[layer_b]
-            shapes = (tuple(a.shape[1:]), tuple(b.shape[1:]))
-            sa, sb = paired_samples(a, b)
-            if moments is None:
-                moments = CrossMoments(sa.shape[1], sb.shape[1], device=device)
-            moments.update(sa, sb)
-            images += x.shape[0]
-            if bar is not None:
-                bar.update(x.shape[0])
-            if max_images is not None and images >= max_images:
-                break
-    if bar is not None:
-        bar.close()
-    if moments is None:
-        raise ValueError("no images: the batches were empty")
-    matrix = whitened_cross_covariance(moments, eps).cpu().numpy()
-    block = block_diagonality(matrix, groups) if groups > 1 else None
-    return LayerCorrelation(
-        name_a, name_b, shapes[0], shapes[1], images, moments.n, matrix, block, eps
+    streamed = stream_pair_moments(
+        {"model": model}, batches, [pair], max_images, None, device, progress
+    )
+    name_a, name_b = streamed.names["model"][pair]
+    return correlation_from_moments(
+        streamed.merged("model", pair),
+        name_a,
+        name_b,
+        streamed.shapes["model"][pair],
+        streamed.images,
+        groups,
+        eps,
     )

@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from ..layers.group_conv import GroupConv2d
-from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle, channel_shuffle_indices
 from ..ops.validate import check_channels_divisible, check_positive_int
 
 __all__ = [
     "conv_connectivity",
-    "shuffle_permutation",
     "chain_layers",
     "structural_flow",
     "measured_flow",
@@ -63,17 +62,6 @@ def conv_connectivity(in_channels: int, out_channels: int, groups: int) -> np.nd
     og = np.arange(out_channels) // (out_channels // groups)
     ig = np.arange(in_channels) // (in_channels // groups)
     return og[:, None] == ig[None, :]
-
-
-def shuffle_permutation(channels: int, groups: int, inverse: bool = False) -> np.ndarray:
-    """(C, C) boolean permutation of :func:`~shufflenet.channel_shuffle`: output ``i * g + j`` takes input
-    ``j * n + i`` (``n = C / g``); ``inverse`` for :func:`~shufflenet.channel_unshuffle`."""
-    check_channels_divisible(channels, groups, "channels")
-    n = channels // groups
-    src = np.arange(channels).reshape(groups, n).T.reshape(-1)  # src[i*g + j] = j*n + i
-    perm = np.zeros((channels, channels), dtype=bool)
-    perm[np.arange(channels), src] = True
-    return perm.T if inverse else perm
 
 
 def chain_layers(module: nn.Module) -> list[nn.Module]:
@@ -111,7 +99,8 @@ def structural_flow(
             step = conv_connectivity(layer.in_channels, layer.out_channels, layer.groups)
             c = layer.out_channels
         elif isinstance(layer, ChannelShuffle | ChannelUnshuffle):
-            step = shuffle_permutation(c, layer.groups, inverse=isinstance(layer, ChannelUnshuffle))
+            src = channel_shuffle_indices(c, layer.groups, layer.inverse).numpy()
+            step = np.eye(c, dtype=bool)[src]  # (C, C): output k reads input src[k]
         elif isinstance(layer, _PER_CHANNEL):
             continue
         else:

@@ -23,6 +23,8 @@ __all__ = [
     "plot_flow_panels",
     "plot_filter_groups",
     "plot_bars",
+    "plot_share_controls",
+    "plot_gap_vs_groups",
 ]
 
 
@@ -188,6 +190,96 @@ def plot_bars(
         ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=name)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_share_controls(
+    labels: Sequence[str],
+    trained: Sequence[float],
+    untrained: Sequence[float],
+    untrained_sd: Sequence[float | None],
+    chance: Sequence[float],
+    path: str | os.PathLike[str],
+    title: str = "",
+    excess_interval: Sequence[tuple[float, float] | None] | None = None,
+) -> Path:
+    """In-block share per label (a layer pair or a model): trained and untrained bars side by side, the
+    untrained bar with its standard deviation over init seeds, and the chance level ``1/g`` as a black tick.
+
+    Above each pair of bars: the learned excess (trained - untrained), with its bootstrap interval when
+    ``excess_interval`` gives one.
+    """
+    x = np.arange(len(labels))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(1.5 * len(labels) + 2.5, 3.4), constrained_layout=True)
+    ax.bar(x - width / 2, trained, width, label="trained", color="tab:blue")
+    err = [0.0 if e is None else e for e in untrained_sd]
+    ax.bar(
+        x + width / 2,
+        untrained,
+        width,
+        yerr=err,
+        capsize=3,
+        label="untrained (sd over init seeds)",
+        color="tab:gray",
+    )
+    for i, c in enumerate(chance):
+        ax.plot(
+            [i - width, i + width],
+            [c, c],
+            color="black",
+            lw=1.5,
+            label="chance 1/g" if i == 0 else None,
+        )
+    intervals = excess_interval or [None] * len(labels)
+    top = max([*trained, *untrained, *chance]) if len(labels) else 1.0
+    for i, (t, u, ci) in enumerate(zip(trained, untrained, intervals)):
+        text = f"{t - u:+.3f}" + ("" if ci is None else f"\n[{ci[0]:+.3f}, {ci[1]:+.3f}]")
+        ax.text(i, max(t, u) + 0.02 * top, text, ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0, top * 1.25)
+    ax.set_ylabel("in-block share of |correlation|", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper right")
+    return save_figure(fig, path)
+
+
+def plot_gap_vs_groups(
+    ours: dict[str, dict[int, tuple[tuple[float, float | None], Sequence[float]]]],
+    published: dict[str, dict[int, float]],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> Path:
+    """Error gap (points) against the number of groups: per series of ours ``{g: ((mean, se), per-seed
+    values)}`` a line with standard-error bars and the single seeds as dots; per published series ``{g: gap}``
+    open squares. A dotted line marks 0 (no effect)."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), constrained_layout=True)
+    ax.axhline(0.0, color="black", lw=0.8, ls=":")
+    for i, (name, by_g) in enumerate(ours.items()):
+        gs = sorted(by_g)
+        means = [by_g[g][0][0] for g in gs]
+        ses = [by_g[g][0][1] or 0.0 for g in gs]
+        colour = f"C{i}"
+        ax.errorbar(gs, means, yerr=ses, marker="o", capsize=3, color=colour, label=f"ours {name}")
+        for g in gs:
+            seeds = list(by_g[g][1])
+            ax.scatter([g] * len(seeds), seeds, s=10, color=colour, alpha=0.4, zorder=3)
+    for i, (name, by_g) in enumerate(published.items()):
+        if by_g:
+            gs = sorted(by_g)
+            ax.plot(
+                gs, [by_g[g] for g in gs], "s", mfc="none", color=f"C{i + len(ours)}", label=name
+            )
+    all_g = sorted({g for by_g in ours.values() for g in by_g})
+    ax.set_xticks(all_g)
+    ax.set_xlabel("groups g", fontsize=8)
+    ax.set_ylabel("error without - with shuffle (points)", fontsize=8)
     ax.tick_params(labelsize=7)
     if title:
         ax.set_title(title, fontsize=9)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..deploy.api import BACKENDS
+from .common import add_model_argument, resolve_cli_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rounds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="registered model name (see `shufflenet list`)")
+    add_model_argument(p)
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend")
     p.add_argument(
@@ -34,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(BACKENDS),
         help=f"comma-separated subset of {','.join(BACKENDS)}",
     )
-    p.add_argument("--input-size", type=int, default=224, help="input height = width, pixels")
     p.add_argument(
-        "--weights", default=None, help="optional .safetensors weights (timing does not need them)"
+        "--input-size",
+        type=int,
+        default=None,
+        help="input height = width, pixels; unset: the model file's image size, else 224",
     )
     p.add_argument(
         "--rounds", type=int, default=None, help="timed rounds (default: fit --time-budget)"
@@ -75,31 +80,36 @@ def main(argv: list[str] | None = None) -> int:
         ("--threads", args.threads),
         ("--input-size", args.input_size),
     ):
-        if v < 1:
+        if v is not None and v < 1:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
             return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
-    from ..factory import create_model
 
     try:
-        model = create_model(args.model, weights=args.weights)
-    except ValueError as e:
-        print(f"shufflenet bench: {e}", file=sys.stderr)
+        resolved = resolve_cli_model("shufflenet bench", args.model, args.weights)
+    except (ValueError, OSError) as e:
+        print(f"shufflenet bench: error: {e}", file=sys.stderr)
         return 2
+    model = resolved.model
+    input_size = args.input_size or (resolved.input_spec.image_size if resolved.path else 224)
+    threads_before = torch.get_num_threads()
     log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    res = run_benchmark(
-        model,
-        batch=args.batch,
-        threads=args.threads,
-        backends=backends,
-        input_size=args.input_size,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        time_budget=args.time_budget,
-        gap=args.gap_ms / 1e3,
-        log=log,
-    )
-    res.model = args.model
+    try:
+        res = run_benchmark(
+            model,
+            batch=args.batch,
+            threads=args.threads,
+            backends=backends,
+            input_size=input_size,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            time_budget=args.time_budget,
+            gap=args.gap_ms / 1e3,
+            log=log,
+        )
+    finally:
+        torch.set_num_threads(threads_before)  # leave the process's thread count as it was
+    res.model = resolved.name
     print(format_table(res))
     if args.json:
         from ..utils.atomic import atomic_write

@@ -8,7 +8,6 @@ read with ``torch.load(weights_only=True)``: nothing in it is executed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -16,11 +15,15 @@ import torch
 from ..interop.releases import RELEASES, convert_release
 from ..interop.torch_files import load_torch_state_dict
 from ..model_file import save_model
+from .common import check_output_file
+from .main import command
+
+PROG = "shufflenet convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet convert",
+        prog=PROG,
         description="Convert a published checkpoint (.pth) into a shufflenet model file (.safetensors). "
         "Sources: " + "; ".join(f"{k}: {v}" for k, v in RELEASES.items()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -48,30 +51,25 @@ def _read_class_names(path: Path, num_classes: int) -> list[str]:
     return names
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        state = load_torch_state_dict(args.input)
-        converted = convert_release(state, args.source, file_name=args.input.name)
-        model, spec, extra, what = (
-            converted.model,
-            converted.input_spec,
-            converted.extra,
-            converted.description,
-        )
-        num_classes = model.num_classes
-        class_names = _read_class_names(args.class_names, num_classes) if args.class_names else None
-        with torch.no_grad():  # the converted model must run; a quick smoke test at a small size
-            out = model(torch.zeros(1, spec.in_chans, 64, 64))
-        if out.shape != (1, num_classes):
-            raise RuntimeError(f"converted model gives output shape {tuple(out.shape)}")
-        save_model(args.output, model, input_spec=spec, class_names=class_names, extra=extra)
-    except (OSError, ValueError) as e:
-        print(f"shufflenet convert: {e}", file=sys.stderr)
-        return 1
+    check_output_file(args.output, "output")
+    state = load_torch_state_dict(args.input)
+    converted = convert_release(state, args.source, file_name=args.input.name)
+    model, spec = converted.model, converted.input_spec
+    num_classes = model.num_classes
+    class_names = _read_class_names(args.class_names, num_classes) if args.class_names else None
+    with torch.no_grad():  # the converted model must run; a quick smoke test at a small size
+        out = model(torch.zeros(1, spec.in_chans, 64, 64))
+    if out.shape != (1, num_classes):
+        raise RuntimeError(f"converted model gives output shape {tuple(out.shape)}")
+    save_model(args.output, model, input_spec=spec, class_names=class_names, extra=converted.extra)
     cfg = model.model_cfg
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"read {args.input}: {what}, {len(state)} tensors, {num_classes} classes")
+    print(
+        f"read {args.input}: {converted.description}, {len(state)} tensors, {num_classes} classes"
+    )
     print(f"arch {cfg['arch']} {cfg['kwargs']}")
     print(f"{n_params:,} parameters")
     print(

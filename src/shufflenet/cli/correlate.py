@@ -1,7 +1,10 @@
-"""``shufflenet correlate CHECKPOINT --data PATH --layers A B``: Deep Roots inter-layer correlation.
+"""``shufflenet correlate MODEL --data PATH [--pairs A:B ...]``: Deep Roots inter-layer correlation.
 
-Writes ``correlation.png`` (heat map of the whitened cross-covariance, group boundaries in red),
-``correlation.json`` (block-diagonality score and configuration) and ``correlation.csv`` (the matrix).
+Every layer pair is measured on the trained model and, on the same images, on untrained models of the same
+architecture (``--init-seeds``): the learned excess is the trained in-block share minus the untrained one.
+Writes ``correlation.png`` (heat maps of the whitened cross-covariance, trained beside untrained, group
+boundaries in red), ``shares.png`` (in-block share: trained, untrained, chance), ``correlation.json`` (the
+numbers and the configuration) and ``correlation_A-B.csv`` (each trained matrix).
 """
 
 from __future__ import annotations
@@ -9,67 +12,150 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..analysis.commands import correlate_checkpoint
+from ..analysis.correlation_control import NIN_PAIRS
+from .common import MODEL_HELP, bounded_int, check_output_dir
+from .main import command
+
+PROG = "shufflenet correlate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet correlate",
+        prog=PROG,
         description="Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
         "2017): every position of every image is a sample; each layer is centred and ZCA-whitened; the "
         "covariance of the two is shown with the group blocks marked and scored.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model file (.safetensors written by shufflenet)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory or 'builtin'")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--layers",
         nargs=2,
-        required=True,
+        default=None,
         metavar=("A", "B"),
-        help="layer names, e.g. conv2c conv3a",
+        help="one layer pair, e.g. conv2c conv3a",
+    )
+    which.add_argument(
+        "--pairs",
+        nargs="+",
+        type=_pair,
+        default=None,
+        metavar="A:B",
+        help="layer pairs; default for NIN: " + " ".join(f"{a}:{b}" for a, b in NIN_PAIRS),
     )
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument(
-        "--max-images", type=int, default=2000, help="images streamed (class-balanced subset)"
+        "--max-images",
+        type=bounded_int("--max-images", 1, 10_000_000),
+        default=2000,
+        help="images streamed (class-balanced subset)",
     )
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=100)
     p.add_argument(
-        "--groups", type=int, default=None, help="blocks to score (default: groups of layer B)"
+        "--groups",
+        type=bounded_int("--groups", 1, 4096),
+        default=None,
+        help="blocks to score every pair with (default: the groups of the pair's grouped layer)",
+    )
+    p.add_argument(
+        "--init-seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="init seeds of the untrained control models (none: no control)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=bounded_int("--bootstrap", 0, 100_000),
+        default=100,
+        help="resamples of the paired bootstrap of the learned excess over image chunks (0: none)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=bounded_int("--chunks", 2, 100_000),
+        default=10,
+        help="image chunks for the bootstrap",
     )
     p.add_argument(
         "--eps", type=float, default=1e-3, help="ZCA regulariser, relative to the mean variance"
     )
     p.add_argument("--out", default="runs/correlate", help="output directory")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=bounded_int("--threads", 1, 1024),
+        default=None,
+        help="torch CPU threads; None: torch's choice",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
+def _pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b or ":" in b:
+        raise argparse.ArgumentTypeError(f"layer pair {text!r} must be A:B, e.g. conv2c:conv3a")
+    return a, b
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result, paths = correlate_checkpoint(
-        args.checkpoint,
-        args.data,
-        args.layers,
-        args.out,
-        split=args.split,
-        max_images=args.max_images,
-        batch_size=args.batch_size,
-        groups=args.groups,
-        eps=args.eps,
-        device=args.device,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
-    print(
-        f"{result.layer_a} {result.shape_a} vs {result.layer_b} {result.shape_b}: "
-        f"{result.images} images, {result.samples} samples"
-    )
-    if result.block is not None:
-        b = result.block
-        print(
-            f"in-block share {b.share:.3f} vs chance {b.chance:.3f} with {b.groups} groups: score {b.score:.3f}"
+    if not args.eps > 0:
+        raise ValueError(f"--eps {args.eps} must be a positive number")
+    check_output_dir(args.out, "--out")
+    pairs = [tuple(args.layers)] if args.layers else args.pairs
+    bootstrap = args.bootstrap if args.init_seeds else 0
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        results, paths = correlate_checkpoint(
+            args.model,
+            args.data,
+            pairs,
+            args.out,
+            split=args.split,
+            max_images=args.max_images,
+            batch_size=args.batch_size,
+            groups=args.groups,
+            eps=args.eps,
+            seeds=args.init_seeds,
+            bootstrap=bootstrap,
+            chunks=args.chunks,
+            device=args.device,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
+    finally:
+        torch.set_num_threads(threads)  # leave the process's thread count as it was
+    for r in results:
+        t = r.trained
+        print(
+            f"{t.layer_a} {t.shape_a} vs {t.layer_b} {t.shape_b}: {t.images} images, {t.samples} samples"
+        )
+        if t.block is None:
+            continue
+        line = f"  in-block share with {r.groups} groups: trained {t.block.share:.3f}"
+        if r.untrained:
+            line += (
+                f", untrained {r.untrained_share:.3f} (sd {_fmt(r.seed_sd)} over {len(r.seeds)} init seeds)"
+                f", chance {r.chance:.3f}: learned excess {r.excess:+.3f}"
+            )
+            if r.bootstrap is not None:
+                b = r.bootstrap
+                line += f" (bootstrap 95% {b['low']:+.3f} to {b['high']:+.3f})"
+        else:
+            line += f", chance {r.chance:.3f}: score {t.block.score:.3f}"
+        print(line)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -1,7 +1,7 @@
-"""``shufflenet evaluate CHECKPOINT``: top-1/top-5 accuracy, loss and a confusion-matrix PNG.
+"""``shufflenet evaluate MODEL``: top-1/top-5 accuracy, loss and a confusion-matrix PNG.
 
-The data defaults to what the checkpoint was trained on (its evaluation split: the test files of MNIST/CIFAR,
-the held-out share of the built-in digits or of a single image folder), preprocessed by the checkpoint's own
+The data defaults to what a model file was trained on (its evaluation split: the test files of MNIST/CIFAR,
+the held-out share of the built-in digits or of a single image folder), preprocessed by the model's own
 input convention.
 """
 
@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..data import build_dataset, build_transform, make_loader
 from ..distributed import DistContext, resolve_device
-from ..model_file import load_model
 from ..train.engine import evaluate
 from ..train.metrics import plot_confusion
+from .common import add_model_argument, bounded_int, check_output_file, resolve_cli_model
+from .main import command
+
+PROG = "shufflenet evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet evaluate",
+        prog=PROG,
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="model file (.safetensors) written by `shufflenet train`")
+    add_model_argument(p)
     p.add_argument(
         "--data",
         default=None,
@@ -37,48 +39,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="held-out share; default: the training run's",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=128)
+    p.add_argument(
+        "--workers",
+        type=bounded_int("--workers", 0, 256),
+        default=0,
+        help="data-loading worker processes",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--confusion", default=None, help="confusion-matrix PNG; default: CHECKPOINT-confusion.png"
+        "--confusion",
+        default=None,
+        help="confusion-matrix PNG; default: MODEL-confusion.png beside a model file (else here)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        model, info = load_model(args.checkpoint, map_location=device)
-        data = args.data or info.extra.get("data") or "builtin"
-        val_fraction = args.val_fraction or info.extra.get("val_fraction", 0.2)
-        dataset = build_dataset(data, False, val_fraction, image_size=info.input_spec.image_size)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"shufflenet evaluate: error: {e}", file=sys.stderr)
-        return 2
-    classes = info.class_names or list(dataset.classes)
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    stem = Path(args.model).stem if Path(args.model).exists() else args.model
+    png = (
+        Path(args.confusion)
+        if args.confusion
+        else Path(args.model).with_name(f"{stem}-confusion.png")
+    )
+    check_output_file(png, "--confusion")  # before the work, not after the metrics
+    device = resolve_device(args.device)
+    resolved = resolve_cli_model(PROG, args.model, args.weights)
+    model, spec = resolved.model.to(device), resolved.input_spec
+    data = args.data or resolved.extra.get("data") or "builtin"
+    val_fraction = args.val_fraction or resolved.extra.get("val_fraction", 0.2)
+    dataset = build_dataset(data, False, val_fraction, image_size=spec.image_size)
+    classes = resolved.class_names or list(dataset.classes)
     if list(dataset.classes) != list(classes):
-        print(
-            f"shufflenet evaluate: error: the data's classes {list(dataset.classes)[:10]} differ from the "
-            f"checkpoint's {classes[:10]}",
-            file=sys.stderr,
+        raise ValueError(
+            f"the data's classes {list(dataset.classes)[:10]} differ from the model's {classes[:10]}"
         )
-        return 2
+    if len(classes) != model.num_classes:
+        raise ValueError(
+            f"the data has {len(classes)} classes; {resolved.name} has {model.num_classes} outputs"
+        )
     loader = make_loader(
         dataset,
-        build_transform(info.input_spec, False),
+        build_transform(spec, False),
         args.batch_size,
         False,
         workers=args.workers,
         pin_memory=device.type == "cuda",
     )
     result = evaluate(model, loader, len(classes), DistContext(device=device))
-    ckpt = Path(args.checkpoint)
-    png = Path(args.confusion) if args.confusion else ckpt.with_name(f"{ckpt.stem}-confusion.png")
     plot_confusion(
-        result.confusion, classes, png, f"{info.arch} on {data}: top-1 {result.acc1:.1%}"
+        result.confusion, classes, png, f"{resolved.name} on {data}: top-1 {result.acc1:.1%}"
     )
     metrics = {
         **result.to_dict(),
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(metrics, indent=2))
     else:
         print(
-            f"{info.arch} on {data} ({result.count:,} images, {len(classes)} classes)\n"
+            f"{resolved.name} on {data} ({result.count:,} images, {len(classes)} classes)\n"
             f"top-1 {result.acc1:.2%}   top-5 {result.acc5:.2%}   loss {result.loss:.4f}\n"
             f"confusion matrix: {png}"
             + (f"\n{result.skipped} unreadable images skipped" if result.skipped else "")

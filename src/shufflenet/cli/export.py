@@ -1,15 +1,15 @@
-"""``shufflenet export CHECKPOINT --onnx OUT``: model file -> ONNX, checked against ONNX Runtime on the spot.
+"""``shufflenet export MODEL --onnx OUT``: a model -> ONNX, checked against ONNX Runtime on the spot.
 
 The graph takes ``input`` of shape (batch, C, height, width), all dynamic, and gives ``logits``; batch norm is
-folded into the convolutions and channel shuffles are Reshape-Transpose-Reshape. The model file's input
-convention is stored in the ONNX metadata (``shufflenet.input_spec``). The command fails (exit 1) when ONNX
-Runtime and PyTorch differ by more than ``--atol + --rtol * max|output|``.
+folded into the convolutions and channel shuffles are Reshape-Transpose-Reshape. The model's input
+convention is stored in the ONNX metadata (``shufflenet.input_spec``). The command fails (exit 1) when the
+export fails, or when ONNX Runtime and PyTorch differ by more than ``--atol + --rtol * max|output|`` or give
+non-finite outputs; a wrong argument is exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..deploy.onnx import (
@@ -21,23 +21,32 @@ from ..deploy.onnx import (
     onnx_metadata,
     summarize_onnx,
 )
-from ..model_file import load_model
+from .common import (
+    MAX_INPUT_SIZE,
+    add_model_argument,
+    bounded_int,
+    check_output_file,
+    resolve_cli_model,
+)
+from .main import CheckFailed, command
+
+PROG = "shufflenet export"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet export",
-        description="Export a shufflenet model file to ONNX (dynamic batch and spatial size, batch norm "
+        prog=PROG,
+        description="Export a model to ONNX (dynamic batch and spatial size, batch norm "
         "folded) and compare ONNX Runtime with PyTorch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="model file (.safetensors) written by shufflenet")
+    add_model_argument(p)
     p.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
     p.add_argument(
         "--input-size",
-        type=int,
+        type=bounded_int("--input-size", 1, MAX_INPUT_SIZE),
         default=None,
-        help="side of the example input, pixels; unset: the model file's image size",
+        help="side of the example input, pixels; unset: the model's image size",
     )
     p.add_argument(
         "--opset",
@@ -77,34 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.atol >= 0 and args.rtol >= 0):
+        raise ValueError(f"--atol {args.atol} and --rtol {args.rtol} must be non-negative numbers")
+    check_output_file(args.onnx, "--onnx")  # before the work
     dynamic_spatial = not args.static_size
+    resolved = resolve_cli_model(PROG, args.model, args.weights)
+    model, spec = resolved.model, resolved.input_spec
+    size = args.input_size or spec.image_size
     try:
-        model, info = load_model(args.checkpoint)
-        size = args.input_size or info.input_spec.image_size
-        if size < 1:
-            raise ValueError(f"--input-size {size} must be positive")
-        in_chans = info.input_spec.in_chans
         export_onnx(
             model,
             args.onnx,
             input_size=size,
-            in_chans=in_chans,
+            in_chans=spec.in_chans,
             opset=DEFAULT_OPSET if args.opset is None else args.opset,
             exporter=args.exporter,
             fallback=False,
             dynamic_spatial=dynamic_spatial,
-            metadata=onnx_metadata(model, info.input_spec),
+            metadata=onnx_metadata(model, spec),
         )
-        summary = summarize_onnx(args.onnx)
-    except (OSError, ValueError, ImportError, RuntimeError) as e:
-        print(f"shufflenet export: {e}", file=sys.stderr)
-        return 1
+    except RuntimeError as e:
+        raise CheckFailed(str(e)) from e
+    summary = summarize_onnx(args.onnx)
     print(
         f"wrote {args.onnx} ({args.onnx.stat().st_size / 1e6:.2f} MB, opset {summary.opset}, "
-        f"exporter {args.exporter}): input {summary.input_shape}, "
-        f"output {summary.output_shape}"
+        f"exporter {args.exporter}): input {summary.input_shape}, output {summary.output_shape}"
     )
     print(
         f"BatchNormalization nodes: {summary.batchnorm_nodes}; channel shuffles as "
@@ -114,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: opset {args.opset} was asked for; the exporter wrote opset {summary.opset}")
     dynamic = summary.dynamic_input if dynamic_spatial else isinstance(summary.input_shape[0], str)
     if not dynamic:
-        print(
-            f"shufflenet export: input shape {summary.input_shape} is not dynamic", file=sys.stderr
-        )
-        return 1
+        raise CheckFailed(f"input shape {summary.input_shape} is not dynamic")
     if args.no_check:
         return 0
     try:
@@ -125,25 +131,18 @@ def main(argv: list[str] | None = None) -> int:
             model,
             args.onnx,
             input_size=size,
-            in_chans=in_chans,
+            in_chans=spec.in_chans,
             dynamic_spatial=dynamic_spatial,
-            input_spec=info.input_spec,
+            input_spec=spec,
         )
     except RuntimeError as e:
-        print(f"shufflenet export: {e}", file=sys.stderr)
-        return 1
+        raise CheckFailed(str(e)) from e
     print(check.describe())
     if check.nonfinite:
-        print(
-            f"shufflenet export: the outputs are not finite ({check.nonfinite} values); "
-            "the model's weights or the export are broken",
-            file=sys.stderr,
+        raise CheckFailed(
+            f"the outputs are not finite ({check.nonfinite} values); the model's weights or the export "
+            "are broken"
         )
-        return 1
     if not check.ok(args.atol, args.rtol):
-        print(
-            f"shufflenet export: difference above tolerance (atol {args.atol:g}, rtol {args.rtol:g})",
-            file=sys.stderr,
-        )
-        return 1
+        raise CheckFailed(f"difference above tolerance (atol {args.atol:g}, rtol {args.rtol:g})")
     return 0

@@ -1,4 +1,4 @@
-"""``shufflenet filters CHECKPOINT --layer conv1``: first-layer filters by group, with a colour measure.
+"""``shufflenet filters MODEL --layer conv1``: first-layer filters by group, with a colour measure.
 
 Writes ``filters.png`` (one grid per group), ``filters.json`` (mean colour fraction per group) and
 ``filters.csv`` (per filter). ``conv1`` means the first convolution when no layer has that name.
@@ -9,22 +9,24 @@ from __future__ import annotations
 import argparse
 
 from ..analysis.commands import filters_report
+from .common import add_model_argument, bounded_int, check_output_dir, resolve_cli_model
+from .main import command
+
+PROG = "shufflenet filters"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet filters",
+        prog=PROG,
         description="A layer's filters as an image grid split by group, with the colour fraction of each "
         "filter (0 = grey, 1 = purely chromatic) and its mean per group.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "checkpoint", help="model file (.safetensors), or a registered model name (untrained)"
-    )
+    add_model_argument(p, " (a name gives an untrained model)")
     p.add_argument("--layer", default="conv1", help="layer name, or convK for the K-th convolution")
     p.add_argument(
         "--groups",
-        type=int,
+        type=bounded_int("--groups", 1, 4096),
         default=None,
         help="groups to split by (default: those of the next conv)",
     )
@@ -32,27 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.checkpoint.endswith(".safetensors"):
-        from ..model_file import load_model
-
-        model, info = load_model(args.checkpoint)
-        arch, order = info.arch, info.input_spec.channel_order
-    else:
-        from ..models import create_model
-
-        model, arch, order = create_model(args.checkpoint), args.checkpoint, "RGB"
+    check_output_dir(args.out, "--out")
+    resolved = resolve_cli_model(PROG, args.model, args.weights)
     config = {
-        "checkpoint": args.checkpoint,
-        "arch": arch,
+        "model": args.model,
+        "arch": resolved.name,
+        "source": resolved.source,
         "layer": args.layer,
         "groups": args.groups,
     }
-    try:
-        fg, paths = filters_report(model, args.layer, args.out, args.groups, order, config)
-    except (TypeError, ValueError) as e:
-        build_parser().error(str(e))
+    order = resolved.input_spec.channel_order
+    fg, paths = filters_report(resolved.model, args.layer, args.out, args.groups, order, config)
     s = fg.summary()
     print(
         f"{s['layer']}: {s['filters']} filters of {'x'.join(map(str, s['filter_shape']))}, {s['groups']} groups"

@@ -1,8 +1,8 @@
 """``shufflenet flow MODEL``: which input channel groups reach which output channels.
 
 ``MODEL`` is ``gconv-stack`` (stacked 1x1 group convolutions with and without channel shuffle, structural and
-measured after every layer), a registered model name, or a model file; for the last two ``--module`` picks
-the part to measure (e.g. ``stages.1`` of a ShuffleNet).
+measured after every layer) or any model (a registered name, a model file, a published checkpoint); for a
+model ``--module`` picks the part to measure (e.g. ``stages.1`` of a ShuffleNet).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 
 from ..analysis.commands import flow_report
+from .common import MODEL_HELP, bounded_int, check_output_dir, resolve_cli_model
+from .main import command
+
+PROG = "shufflenet flow"
 
 
 def _kwarg(text: str) -> tuple[str, object]:
@@ -26,13 +30,14 @@ def _kwarg(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet flow",
+        prog=PROG,
         description="Heat map of output channels vs input channel groups they depend on: structural (from "
         "the group structure) and measured (gradient of each output channel's sum w.r.t. each input group).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("model", help="'gconv-stack', or " + MODEL_HELP)
     p.add_argument(
-        "model", help="'gconv-stack', a registered model name, or a .safetensors model file"
+        "--weights", default=None, metavar="FILE", help="a plain state dict for the model NAME"
     )
     p.add_argument("--module", default=None, help="submodule to measure in a model, e.g. stages.1")
     p.add_argument(
@@ -40,51 +45,57 @@ def build_parser() -> argparse.ArgumentParser:
         type=_kwarg,
         action="append",
         default=[],
-        help="KEY=VALUE for the model, e.g. shuffle=none",
+        help="KEY=VALUE for a model given by name, e.g. shuffle=none",
     )
     p.add_argument(
         "--input-groups",
-        type=int,
+        type=bounded_int("--input-groups", 1, 4096),
         default=None,
         help="input channel groups (default: the module's conv groups)",
     )
     p.add_argument(
-        "--input-size", type=int, default=8, help="spatial side of the random probe input"
+        "--input-size",
+        type=bounded_int("--input-size", 1, 1024),
+        default=8,
+        help="spatial side of the random probe input",
     )
-    p.add_argument("--channels", type=int, default=24, help="gconv-stack: channels")
-    p.add_argument("--groups", type=int, default=3, help="gconv-stack: groups")
-    p.add_argument("--depth", type=int, default=3, help="gconv-stack: layers")
+    p.add_argument(
+        "--channels",
+        type=bounded_int("--channels", 1, 4096),
+        default=24,
+        help="gconv-stack: channels",
+    )
+    p.add_argument(
+        "--groups", type=bounded_int("--groups", 1, 4096), default=3, help="gconv-stack: groups"
+    )
+    p.add_argument(
+        "--depth", type=bounded_int("--depth", 1, 64), default=3, help="gconv-stack: layers"
+    )
     p.add_argument("--out", default="runs/flow", help="output directory")
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_dir(args.out, "--out")
     model, label = None, ""
     if args.model != "gconv-stack":
-        if Path(args.model).suffix == ".safetensors":
-            from ..model_file import load_model
-
-            model, info = load_model(args.model)
-            label = info.arch
-        else:
-            from ..models import create_model
-
-            model, label = create_model(args.model, **dict(args.model_kwarg)), args.model
-    try:
-        paths = flow_report(
-            args.out,
-            model,
-            args.module,
-            args.input_groups,
-            args.channels,
-            args.groups,
-            args.depth,
-            args.input_size,
-            label,
-        )
-    except (TypeError, ValueError) as e:
-        build_parser().error(str(e))
+        resolved = resolve_cli_model(PROG, args.model, args.weights, **dict(args.model_kwarg))
+        model, label = resolved.model, resolved.name
+    elif args.model_kwarg or args.weights:
+        raise ValueError("--model-kwarg and --weights are for a model, not for gconv-stack")
+    paths = flow_report(
+        args.out,
+        model,
+        args.module,
+        args.input_groups,
+        args.channels,
+        args.groups,
+        args.depth,
+        args.input_size,
+        label,
+    )
     data = json.loads(Path(paths["json"]).read_text())
     for key, rec in data["flow"].items():
         line = f"{key}: {rec['outputs_seeing_all_groups']}/{rec['outputs']} outputs see every input group"

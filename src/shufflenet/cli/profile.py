@@ -5,31 +5,66 @@ from __future__ import annotations
 import argparse
 
 from ..complexity import profile
-from ..models import create_model
+from .common import MAX_INPUT_SIZE, add_model_argument, bounded_int, resolve_cli_model
+from .main import command
+
+PROG = "shufflenet profile"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="shufflenet profile",
+        prog=PROG,
         description="Per-layer table of parameters and multiply-adds (MACs; FLOPs = 2 x MACs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="registered model name (see `shufflenet list`)")
-    p.add_argument("--input-size", type=int, default=224, help="input height = width, pixels")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
-    p.add_argument("--in-chans", type=int, default=3, help="input image channels")
-    p.add_argument("--small-input", action="store_true", help="CIFAR-style stem where supported")
+    add_model_argument(p)
+    p.add_argument(
+        "--input-size",
+        type=bounded_int("--input-size", 1, MAX_INPUT_SIZE),
+        default=None,
+        help="input height = width, pixels; unset: the model file's image size, else 224",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=bounded_int("--num-classes", 1, 100_000),
+        default=None,
+        help="classifier outputs; unset: the model's (1000 for a registered name)",
+    )
+    p.add_argument(
+        "--in-chans",
+        type=bounded_int("--in-chans", 1, 3),
+        default=None,
+        help="input image channels; unset: the model's (3 for a registered name)",
+    )
+    p.add_argument(
+        "--small-input", action="store_true", help="CIFAR-style stem where supported (names only)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--max-rows", type=int, default=None, help="show at most this many layer rows")
+    p.add_argument(
+        "--max-rows",
+        type=bounded_int("--max-rows", 0, 1_000_000),
+        default=None,
+        help="show at most this many layer rows",
+    )
     return p
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    kwargs = {"num_classes": args.num_classes, "in_chans": args.in_chans}
-    if args.small_input:
-        kwargs["small_input"] = True
-    model = create_model(args.model, **kwargs)
-    report = profile(model, args.input_size)
+    extra = {"small_input": True} if args.small_input else {}
+    resolved = resolve_cli_model(
+        PROG,
+        args.model,
+        args.weights,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        **extra,
+    )
+    size = args.input_size or (resolved.input_spec.image_size if resolved.path else 224)
+    try:
+        report = profile(resolved.model, size)
+    except RuntimeError as e:  # a convolution or pooling with no output pixels left
+        raise ValueError(f"--input-size {size} is too small for {resolved.name}: {e}") from None
     print(report.to_json() if args.json else report.table(args.max_rows))
     return 0

@@ -10,8 +10,8 @@ Runtime, :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-co
 ``shufflenet bench`` / ``benchmarks/inference.py`` for measurements.
 """
 
-from .api import BACKENDS, DeployedModel, available_backends, optimize
-from .fold import NotSupportedError, fold_batchnorm, fold_conv_bn
+from .api import BACKENDS, DeployedModel, NotSupportedError, available_backends, optimize
+from .fold import fold_batchnorm, fold_conv_bn
 from .shuffle import FastChannelShuffle, channel_shuffle_nhwc, measure_shuffle_bandwidth
 
 __all__ = [

@@ -8,9 +8,13 @@ import warnings
 import torch
 from torch import nn
 
-from .fold import NotSupportedError
+from ..models import in_channels
+from .errors import NotSupportedError
+from .native import NativeModule, NativeUnavailable, get_library
+from .onnx import OnnxRuntimeModule, export_onnx, require_onnx
+from .optimized import optimize_torch
 
-__all__ = ["BACKENDS", "DeployedModel", "optimize", "available_backends"]
+__all__ = ["BACKENDS", "DeployedModel", "NotSupportedError", "optimize", "available_backends"]
 
 BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "native")
 
@@ -63,20 +67,17 @@ def available_backends() -> dict[str, str | None]:
     """Each backend mapped to None if usable here, else the reason it is not (cheap; may build the native lib)."""
     out: dict[str, str | None] = {"eager": None, "optimized": None}
     try:
-        import torch._dynamo  # noqa: F401
+        # torch's compiler stack takes seconds to import: only when asked about it
+        import torch._dynamo  # noqa: F401, PLC0415
 
         out["compile"] = None
     except Exception as e:  # noqa: BLE001
         out["compile"] = f"torch.compile unavailable: {e}"
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-
+        require_onnx("onnx", "onnxruntime")
         out["onnxruntime"] = None
     except ImportError as e:
-        out["onnxruntime"] = f"{e.name} is not installed (pip install 'shufflenet[onnx]')"
-    from .native import NativeUnavailable, get_library
-
+        out["onnxruntime"] = str(e)
     try:
         get_library()
         out["native"] = None
@@ -86,12 +87,10 @@ def available_backends() -> dict[str, str | None]:
 
 
 def _example(model: nn.Module, input_size: int | tuple[int, int], batch: int = 1) -> torch.Tensor:
-    from .native.lower import _in_channels
-
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     try:
-        c = _in_channels(model)
-    except NotSupportedError:
+        c = in_channels(model)
+    except ValueError:
         c = 3
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.randn(batch, c, h, w, device=dev)
@@ -152,8 +151,6 @@ def optimize(
     on_cpu = all(p.device.type == "cpu" for p in src.parameters())
     reason = None
     if backend == "native":
-        from .native import NativeModule, NativeUnavailable
-
         if not on_cpu:
             reason = "the native engine runs on the CPU only"
         else:
@@ -176,14 +173,10 @@ def optimize(
     if backend_used == "eager":
         result = DeployedModel(src.to(memory_format=torch.channels_last), "eager", backend, True)
     elif backend_used == "optimized":
-        from .optimized import optimize_torch
-
         result = DeployedModel(optimize_torch(src), "optimized", backend, True, reason)
     elif backend_used == "compile":
         result = DeployedModel(_compiled(src, input_size), "compile", backend, True)
     else:  # onnxruntime
-        from .onnx import OnnxRuntimeModule, export_onnx
-
         data = export_onnx(src, onnx_path, input_size=input_size, dynamic=True)
         result = DeployedModel(
             OnnxRuntimeModule(data, threads=threads), "onnxruntime", backend, False
@@ -225,15 +218,14 @@ class _Frozen(nn.Module):
         self.compiled = compiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
+        # the compiler stack is imported only by the compile backend (seconds to import)
+        import torch._inductor.config as inductor_config  # noqa: PLC0415
 
         with inductor_config.patch(freezing=True):
             return self.compiled(x)
 
 
 def _compiled(src: nn.Module, input_size: int | tuple[int, int]) -> nn.Module:
-    from .optimized import optimize_torch
-
     folded = optimize_torch(src, use_mkldnn=False, native_shuffle=False)
     frozen = _Frozen(torch.compile(folded, dynamic=False))
     x = _example(src, input_size).contiguous(memory_format=torch.channels_last)

@@ -20,11 +20,13 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from ..models import in_channels
 from .api import BACKENDS, optimize
 
 __all__ = [
@@ -33,7 +35,9 @@ __all__ = [
     "run_benchmark",
     "system_info",
     "format_table",
+    "interleaved_latency",
     "plot_result",
+    "time_interleaved",
 ]
 
 
@@ -131,6 +135,62 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], rounds: int, gap: float = 0.0
+) -> dict[str, list[float]]:
+    """Milliseconds of each call of ``calls``, ``rounds`` times each, in interleaved rounds.
+
+    Round ``r`` runs every call once, starting at the ``r``-th (rotating order), so that a burst of load from
+    other processes hits all of them rather than one, and no call always follows the same other one.
+    ``gap`` seconds of sleep before each timed call let the previous one's spinning threads go idle."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % max(1, len(names))
+        for n in names[k:] + names[:k]:
+            if gap > 0:
+                time.sleep(gap)
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+@torch.inference_mode()
+def interleaved_latency(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    rounds: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per forward pass (eager, eval mode) of each model on a zero input of ``input_shape``
+    (N, C, H, W), timed by :func:`time_interleaved` after ``warmup`` untimed passes; the process's thread
+    count is set to ``threads`` meanwhile and restored. Returns per model the median, the minimum and the
+    inter-quartile range in milliseconds."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.zeros(input_shape)
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        times = time_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds)
+    finally:
+        torch.set_num_threads(old_threads)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[name] = {"median_ms": statistics.median(ts), "min_ms": min(ts), "iqr_ms": q[2] - q[0]}
+    return out
+
+
 def _build(
     model: nn.Module, name: str, threads: int, input_size: int
 ) -> tuple[nn.Module | None, BackendResult]:
@@ -197,10 +257,8 @@ def run_benchmark(
     torch.set_num_threads(threads)
     system = system_info()
     macs = profile(model, input_size).macs
-    from .native.lower import _in_channels
-
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, _in_channels(model), input_size, input_size, generator=g)
+    x = torch.randn(batch, in_channels(model), input_size, input_size, generator=g)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         ref = model(x)
@@ -244,15 +302,12 @@ def run_benchmark(
         rounds = int(max(min_rounds, min(max_rounds, time_budget / max(per_round, 1e-6))))
     say(f"  timing {len(names)} backends x {rounds} interleaved rounds")
     native_stats = _native_stats() if "native" in names else None
-    for r in range(rounds):
-        k = r % max(1, len(names))
-        for b in names[k:] + names[:k]:
-            inp = x_cl if b in ("eager", "optimized", "compile") else x
-            if gap > 0:
-                time.sleep(gap)
-            t0 = time.perf_counter()
-            mods[b](inp)
-            results[b].times_ms.append((time.perf_counter() - t0) * 1e3)
+    calls = {
+        b: (lambda m=mods[b], i=(x_cl if b in ("eager", "optimized", "compile") else x): m(i))
+        for b in names
+    }
+    for b, ts in time_interleaved(calls, rounds, gap).items():
+        results[b].times_ms.extend(ts)
     if native_stats is not None:
         after = _native_stats()
         runs = after["parallel_runs"] - native_stats["parallel_runs"]

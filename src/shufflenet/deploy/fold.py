@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle, channel_shuffle_indices
+from .errors import NotSupportedError
 
 __all__ = [
-    "NotSupportedError",
     "fold_batchnorm",
     "fold_bn",
     "fold_conv_bn",
@@ -21,10 +21,6 @@ __all__ = [
     "shuffle_permutation",
     "invert_permutation",
 ]
-
-
-class NotSupportedError(ValueError):
-    """A module or configuration that a backend does not lower (the message says which and why)."""
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,17 +116,15 @@ def relu_like(act: nn.Module | None) -> bool | None:
 def shuffle_permutation(module: nn.Module, channels: int) -> torch.Tensor | None:
     """Source index of every output channel of a channel permutation module: ``y[:, c] = x[:, perm[c]]``.
 
-    ``None`` for an identity (``nn.Identity`` or one group). Raises :class:`NotSupportedError` otherwise.
+    ``None`` for an identity (``nn.Identity``, one group, or one channel per group). Raises
+    :class:`NotSupportedError` otherwise.
     """
     if isinstance(module, nn.Identity):
         return None
     if isinstance(module, ChannelShuffle | ChannelUnshuffle):
-        g = module.groups if isinstance(module, ChannelShuffle) else channels // module.groups
-        if g == 1 or g == channels:
+        if module.groups in (1, channels):
             return None
-        n = channels // g
-        # shuffle with g groups: output i * g + j takes input j * n + i
-        return torch.arange(channels).reshape(g, n).t().reshape(-1)
+        return channel_shuffle_indices(channels, module.groups, module.inverse)
     raise NotSupportedError(
         f"{type(module).__name__} is not a channel permutation this backend knows"
     )

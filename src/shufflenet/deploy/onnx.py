@@ -40,9 +40,9 @@ from torch import nn
 from torch.export import Dim
 
 from ..data.spec import InputSpec
+from ..models import in_channels
 from ..utils.atomic import atomic_path
 from .fold import fold_batchnorm
-from .native.lower import _in_channels
 
 __all__ = [
     "DEFAULT_EXPORTER",
@@ -142,7 +142,7 @@ def export_onnx(
     if fold:
         fold_batchnorm(src)
     h, w = _size(input_size)
-    c = in_chans if in_chans is not None else _in_channels(model)
+    c = in_chans if in_chans is not None else in_channels(model)
     x = torch.randn(1, c, h, w)
     if exporter == "auto":
         fixed_pool = any(
@@ -424,15 +424,15 @@ def check_onnx(
     on the CPU) on the same random inputs.
 
     ``shapes`` defaults to ``(1, C, S, S)`` and ``(2, C, S + 32, S - S // 4)`` with ``S = input_size`` and
-    ``C = in_chans`` (default: the model's first convolution), so the dynamic batch and (non-square) spatial
-    sizes are exercised; with ``dynamic_spatial=False`` both are ``S x S``. Inputs are standard normal, or,
-    with ``input_spec``, uniform random images prepared by that convention (``(u * scale - mean) / std``,
-    ``u`` in [0, 1)), so that activations have realistic ranges.
+    ``C = in_chans`` (default: the model's, :func:`shufflenet.models.in_channels`), so the dynamic batch and
+    (non-square) spatial sizes are exercised; with ``dynamic_spatial=False`` both are ``S x S``. Inputs are
+    standard normal, or, with ``input_spec``, uniform random images prepared by that convention
+    (``(u * scale - mean) / std``, ``u`` in [0, 1)), so that activations have realistic ranges.
     """
     ort = require_onnx("onnxruntime")
     if shapes is None:
         s = input_size
-        c = in_chans if in_chans is not None else _in_channels(model)
+        c = in_chans if in_chans is not None else in_channels(model)
         second = (s + 32, max(s - s // 4, 1)) if dynamic_spatial else (s, s)
         shapes = [(1, c, s, s), (2, c, *second)]
     m = copy.deepcopy(model).eval().cpu().float()

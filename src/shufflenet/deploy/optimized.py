@@ -30,8 +30,8 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleUnit
 from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from .errors import NotSupportedError
 from .fold import (
-    NotSupportedError,
     fold_conv_bn,
     invert_permutation,
     relu_like,

@@ -1,6 +1,7 @@
 """Model definitions and the registry. Importing this package registers every model."""
 
 from . import alexnet, mobilenet_v1, resnext, shufflenet_v1, shufflenet_v2, xception  # noqa: F401  (registers models)
+from ._introspect import in_channels
 from ._registry import create_model, get_model_factory, is_model, list_models, register_model
 from .alexnet import AlexNet
 from .mobilenet_v1 import MobileNetV1
@@ -20,6 +21,7 @@ __all__ = [
     "Xception",
     "create_model",
     "get_model_factory",
+    "in_channels",
     "is_model",
     "list_models",
     "register_model",

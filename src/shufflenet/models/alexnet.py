@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["AlexNet"]
 
@@ -45,6 +46,7 @@ class AlexNet(nn.Module):
             raise ValueError(f"groups={groups!r} must be 1 or 2 for AlexNet")
         self.groups = groups
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.num_features = 256
 
         def norm() -> nn.Module:
@@ -92,13 +94,14 @@ class AlexNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def alexnet_g2(**kwargs) -> AlexNet:
-    """AlexNet with the original two filter groups in conv2, conv4 and conv5."""
-    return AlexNet(groups=2, **kwargs)
-
-
-@register_model
-def alexnet_g1(**kwargs) -> AlexNet:
-    """AlexNet with dense (one-group) convolutions."""
-    return AlexNet(groups=1, **kwargs)
+register_model(
+    variant(
+        AlexNet,
+        "alexnet_g2",
+        "AlexNet with the original two filter groups in conv2, conv4 and conv5.",
+        groups=2,
+    )
+)
+register_model(
+    variant(AlexNet, "alexnet_g1", "AlexNet with dense (one-group) convolutions.", groups=1)
+)

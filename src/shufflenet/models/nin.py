@@ -42,6 +42,7 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..ops.validate import check_positive_int
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["NIN", "NIN_BLOCKS", "nin_root_groups", "ROOTS"]
 
@@ -103,6 +104,7 @@ class NIN(nn.Module):
             layer_groups[name] = check_positive_int(g, f"groups[{name!r}]")
         self.root = root
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.layer_groups = dict(layer_groups)
         norm = functools.partial(nn.BatchNorm2d, affine=bn_affine)
 
@@ -111,21 +113,23 @@ class NIN(nn.Module):
             nn.MaxPool2d(3, 2, ceil_mode=True),
             nn.AvgPool2d(3, 2, ceil_mode=True),
         )
-        c = in_chans
+        in_ch = in_chans
         for i, block in enumerate(NIN_BLOCKS):
-            for name, out, k in block:
-                if out is None:  # conv3c: the classifier, built below
+            for name, out_ch, kernel in block:
+                if out_ch is None:  # conv3c: the classifier, built below
                     continue
-                g = layer_groups.get(name, 1)
-                layers[name] = ConvBnAct(c, out, k, groups=g, norm_layer=norm, bias=True)
-                c = out
+                groups_here = layer_groups.get(name, 1)
+                layers[name] = ConvBnAct(
+                    in_ch, out_ch, kernel, groups=groups_here, norm_layer=norm, bias=True
+                )
+                in_ch = out_ch
             if i < len(pools):
                 layers[f"pool{i + 1}"] = pools[i]
                 if drop_rate > 0:
                     layers[f"drop{i + 1}"] = nn.Dropout(drop_rate)
         self.features = nn.Sequential(layers)
-        self.num_features = c
-        self.conv3c = nn.Conv2d(c, num_classes, 1, groups=layer_groups.get("conv3c", 1))
+        self.num_features = in_ch
+        self.conv3c = nn.Conv2d(in_ch, num_classes, 1, groups=layer_groups.get("conv3c", 1))
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         _init_weights(self)
 
@@ -154,21 +158,12 @@ def _init_weights(model: nn.Module) -> None:
     nn.init.normal_(model.conv3c.weight, 0.0, 0.01)
 
 
-@register_model
-def nin_cifar10(**kwargs) -> NIN:
-    """Network-in-Network for CIFAR-10 with batch norm (Deep Roots' "Orig."), 966,986 parameters."""
-    return NIN(root=1, **kwargs)
-
-
-def _register_roots() -> None:
+def _register() -> None:
+    doc = 'Network-in-Network for CIFAR-10 with batch norm (Deep Roots\' "Orig."), 966,986 parameters.'
+    register_model(variant(NIN, "nin_cifar10", doc, root=1))
     for root in ROOTS:
-
-        def factory(_root: int = root, **kwargs) -> NIN:
-            return NIN(root=_root, **kwargs)
-
-        factory.__name__ = f"nin_root{root}"
-        factory.__doc__ = f"NIN root-{root} (Deep Roots): conv2a with {root} filter groups, conv3a with {root // 2}."
-        register_model(factory)
+        doc = f"NIN root-{root} (Deep Roots): conv2a with {root} filter groups, conv3a with {root // 2}."
+        register_model(variant(NIN, f"nin_root{root}", doc, root=root))
 
 
-_register_roots()
+_register()

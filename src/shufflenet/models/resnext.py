@@ -14,6 +14,7 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ResNeXt", "ResNeXtBottleneck"]
 
@@ -64,6 +65,7 @@ class ResNeXt(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.in_chans = in_chans
         if small_input:
             self.stem = ConvBnAct(in_chans, stem_channels, 3)
             self.pool: nn.Module = nn.Identity()
@@ -97,13 +99,20 @@ class ResNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def resnext50_32x4d(**kwargs) -> ResNeXt:
-    """ResNeXt-50 (32x4d): 25.0M parameters, 4.2G multiply-adds at 224x224."""
-    return ResNeXt((3, 4, 6, 3), 32, 4, **kwargs)
+# Registered depths, all 32x4d: (name, blocks per stage, description).
+VARIANTS = (
+    (
+        "resnext50_32x4d",
+        (3, 4, 6, 3),
+        "ResNeXt-50 (32x4d): 25.0M parameters, 4.2G multiply-adds at 224x224.",
+    ),
+    ("resnext26_32x4d", (2, 2, 2, 2), "A smaller ResNeXt (2 blocks per stage, 32x4d)."),
+)
 
 
-@register_model
-def resnext26_32x4d(**kwargs) -> ResNeXt:
-    """A smaller ResNeXt (2 blocks per stage, 32x4d)."""
-    return ResNeXt((2, 2, 2, 2), 32, 4, **kwargs)
+def _register() -> None:
+    for name, layers, doc in VARIANTS:
+        register_model(variant(ResNeXt, name, doc, layers=layers, cardinality=32, base_width=4))
+
+
+_register()

@@ -31,8 +31,10 @@ from torch import nn
 
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.shuffle_unit import ShuffleMode, ShufflePosition, ShuffleUnit
+from ._features import feature_info
 from ._init import init_weights
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "STAGE2_CHANNELS_1X", "WIDTHS"]
 
@@ -88,6 +90,9 @@ class ShuffleNetV1(nn.Module):
         shuffle, shuffle_position, se: passed to every :class:`ShuffleUnit` (ablations and variants).
         classifier_bias: the paper's FC has a bias; some releases have none.
         drop_rate: dropout before the classifier.
+
+    ``feature_info`` describes the maps of ``forward_features(x, return_stages=True)`` (channels,
+    reduction, module name; see :mod:`shufflenet.models._features`).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class ShuffleNetV1(nn.Module):
         self.groups = groups
         self.width_mult = width_mult
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stage_channels = tuple(stage_channels)
 
         self.stem = ConvBnAct(
@@ -155,14 +161,34 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
         self.num_features = in_ch
+        # stem and max pool divide by 4 (1 with small_input), every stage's first unit by 2
+        first = 1 if small_input else 4
+        self.feature_info = [
+            feature_info(c, first * 2 ** (i + 1), f"stages.{i}")
+            for i, c in enumerate(stage_channels)
+        ]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_ch, num_classes, bias=classifier_bias)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
-        return self.stages(self.pool(self.stem(x)))
+    def forward_features(
+        self, x: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``).
+
+        With ``return_stages=True``: the output of every stage, a list of (N, C_i, H/r_i, W/r_i) maps with
+        ``C_i`` and ``r_i`` as in :attr:`feature_info` (strides 8, 16, 32; 2, 4, 8 with ``small_input``),
+        for detection and segmentation heads. The last map is the tensor returned without it.
+        """
+        x = self.pool(self.stem(x))
+        if not return_stages:
+            return self.stages(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
@@ -173,23 +199,19 @@ class ShuffleNetV1(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _width_tag(width: float) -> str:
-    return (
-        f"x{width:.2f}".rstrip("0").replace(".", "_")
-        if width < 1
-        else f"x{width:.1f}".replace(".", "_")
-    )
+def _width_tag(width_mult: float) -> str:
+    """0.25 -> ``x0_25``, 0.5 -> ``x0_5``, 1.0 -> ``x1_0``, 1.5 -> ``x1_5``."""
+    if width_mult < 1:
+        return f"x{width_mult:.2f}".rstrip("0").replace(".", "_")
+    return f"x{width_mult:.1f}".replace(".", "_")
 
 
-def _make_factory(groups: int, width: float) -> Callable[..., ShuffleNetV1]:
-    def factory(**kwargs) -> ShuffleNetV1:
-        return ShuffleNetV1(groups=groups, width_mult=width, **kwargs)
+def _register() -> None:
+    for groups in STAGE2_CHANNELS_1X:
+        for width_mult in WIDTHS:
+            name = f"shufflenet_v1_g{groups}_{_width_tag(width_mult)}"
+            doc = f"ShuffleNet v1 {width_mult}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
+            register_model(variant(ShuffleNetV1, name, doc, groups=groups, width_mult=width_mult))
 
-    factory.__name__ = f"shufflenet_v1_g{groups}_{_width_tag(width)}"
-    factory.__doc__ = f"ShuffleNet v1 {width}x, g={groups} (Zhang et al. 2017, Tables 1-2)."
-    return factory
 
-
-for _g in STAGE2_CHANNELS_1X:
-    for _w in WIDTHS:
-        register_model(_make_factory(_g, _w))
+_register()

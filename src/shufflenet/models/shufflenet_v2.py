@@ -29,8 +29,10 @@ from torch import nn
 
 from ..layers.group_conv import DepthwiseConv2d, GroupConv2d, PointwiseGroupConv2d
 from ..ops.channel_shuffle import ChannelShuffle
+from ._features import feature_info
 from ._init import init_weights
 from ._registry import register_model
+from ._variant import variant
 
 __all__ = ["ShuffleNetV2", "ShuffleNetV2Unit", "SHUFFLENET_V2_CHANNELS", "STAGE_REPEATS"]
 
@@ -119,6 +121,9 @@ class ShuffleNetV2(nn.Module):
         stage_channels: override the table: five widths (Conv1, Stage2, Stage3, Stage4, Conv5).
         stage_repeats: units per stage.
         drop_rate: dropout before the classifier.
+
+    ``feature_info`` describes the maps of ``forward_features(x, return_stages=True)`` (channels,
+    reduction, module name; see :mod:`shufflenet.models._features`).
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class ShuffleNetV2(nn.Module):
             )
         self.width_mult = width_mult
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stage_channels = stage_channels
         self.stage_repeats = tuple(stage_repeats)
 
@@ -174,17 +180,37 @@ class ShuffleNetV2(nn.Module):
         last = stage_channels[-1]
         self.conv5 = nn.Sequential(PointwiseGroupConv2d(in_ch, last), norm_layer(last), act_layer())
         self.num_features = last
+        # Conv1 and the max pool divide by 4 (1 with small_input), every stage's first unit by 2; the last
+        # stage's map is taken after Conv5
+        first = 1 if small_input else 4
+        widths = (*stage_channels[1:-2], last)
+        modules = (*self.stage_names[:-1], "conv5")
+        self.feature_info = [
+            feature_info(c, first * 2 ** (i + 1), m)
+            for i, (c, m) in enumerate(zip(widths, modules))
+        ]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(last, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``)."""
+    def forward_features(
+        self, x: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """(N, in_chans, H, W) -> (N, num_features, H/32, W/32) (H/8, W/8 with ``small_input``).
+
+        With ``return_stages=True``: a list of (N, C_i, H/r_i, W/r_i) maps with ``C_i`` and ``r_i`` as in
+        :attr:`feature_info`: the outputs of Stage2 and Stage3 (strides 8 and 16) and, for the last stage,
+        Conv5 applied to Stage4 (stride 32; strides 2, 4, 8 with ``small_input``). The last map is the tensor
+        returned without it.
+        """
         x = self.maxpool(self.conv1(x))
+        maps = []
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return self.conv5(x)
+            maps.append(x)
+        maps[-1] = self.conv5(x)
+        return maps if return_stages else maps[-1]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(N, num_features, h, w) -> (N, num_classes), or the pooled (N, num_features) if ``pre_logits``."""
@@ -195,17 +221,14 @@ class ShuffleNetV2(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _make_factory(width: float) -> Callable[..., ShuffleNetV2]:
-    def factory(**kwargs) -> ShuffleNetV2:
-        return ShuffleNetV2(width_mult=width, **kwargs)
-
-    factory.__name__ = f"shufflenet_v2_x{width:.1f}".replace(".", "_")
-    factory.__doc__ = (
-        f"ShuffleNet v2 {width}x (Ma et al. 2018, Table 5); loads torchvision's "
-        f"{factory.__name__} state dict unchanged."
-    )
-    return factory
+def _register() -> None:
+    for width_mult in SHUFFLENET_V2_CHANNELS:
+        name = f"shufflenet_v2_x{width_mult:.1f}".replace(".", "_")
+        doc = (
+            f"ShuffleNet v2 {width_mult}x (Ma et al. 2018, Table 5); loads torchvision's {name} state dict "
+            "unchanged."
+        )
+        register_model(variant(ShuffleNetV2, name, doc, width_mult=width_mult))
 
 
-for _w in SHUFFLENET_V2_CHANNELS:
-    register_model(_make_factory(_w))
+_register()

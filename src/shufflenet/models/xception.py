@@ -14,11 +14,13 @@ from torch import nn
 from ..layers.conv_bn_act import ConvBnAct
 from ..layers.separable import DepthwiseSeparableConv2d
 from ._registry import register_model
+from ._variant import variant
+from ._width import scaled_channels
 
 __all__ = ["Xception", "XceptionBlock"]
 
 
-def _sep(in_ch: int, out_ch: int) -> DepthwiseSeparableConv2d:
+def _separable(in_ch: int, out_ch: int) -> DepthwiseSeparableConv2d:
     # depthwise 3x3 -> pointwise 1x1 -> BN, no activation inside (the block places the ReLUs)
     return DepthwiseSeparableConv2d(in_ch, out_ch, 3, mid_norm=False, mid_act=False, act_layer=None)
 
@@ -48,7 +50,7 @@ class XceptionBlock(nn.Module):
             nxt = out_channels if grow_first or i == reps - 1 else in_channels
             if i > 0 or start_with_relu:
                 layers.append(nn.ReLU())
-            layers.append(_sep(ch, nxt))
+            layers.append(_separable(ch, nxt))
             ch = nxt
         if stride == 2:
             layers.append(nn.MaxPool2d(3, 2, 1))
@@ -69,7 +71,8 @@ class Xception(nn.Module):
 
     Args:
         middle_blocks: repeats of the middle flow (8 in the paper).
-        width: scales every channel count (1.0 = the paper); for small experiments.
+        width_mult: scales every channel count (1.0 = the paper), rounded to a multiple of 8 (at least 8);
+            for small experiments.
     """
 
     def __init__(
@@ -77,33 +80,36 @@ class Xception(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         middle_blocks: int = 8,
-        width: float = 1.0,
+        width_mult: float = 1.0,
     ) -> None:
         super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult={width_mult!r} must be positive")
 
-        def c(n: int) -> int:
-            return max(8, int(n * width + 4) // 8 * 8)
-
+        # the paper's channel counts (Fig. 5), scaled
+        ch = {n: scaled_channels(n, width_mult) for n in (32, 64, 128, 256, 728, 1024, 1536, 2048)}
+        self.width_mult = width_mult
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.stem = nn.Sequential(
-            ConvBnAct(in_chans, c(32), 3, stride=2, padding=0),
-            ConvBnAct(c(32), c(64), 3, padding=0),
+            ConvBnAct(in_chans, ch[32], 3, stride=2, padding=0),
+            ConvBnAct(ch[32], ch[64], 3, padding=0),
         )
         blocks = [
-            XceptionBlock(c(64), c(128), 2, 2, start_with_relu=False),
-            XceptionBlock(c(128), c(256), 2, 2),
-            XceptionBlock(c(256), c(728), 2, 2),
+            XceptionBlock(ch[64], ch[128], 2, 2, start_with_relu=False),
+            XceptionBlock(ch[128], ch[256], 2, 2),
+            XceptionBlock(ch[256], ch[728], 2, 2),
         ]
-        blocks += [XceptionBlock(c(728), c(728), 3, 1) for _ in range(middle_blocks)]
-        blocks.append(XceptionBlock(c(728), c(1024), 2, 2, grow_first=False))
+        blocks += [XceptionBlock(ch[728], ch[728], 3, 1) for _ in range(middle_blocks)]
+        blocks.append(XceptionBlock(ch[728], ch[1024], 2, 2, grow_first=False))
         self.blocks = nn.Sequential(*blocks)
         self.exit = nn.Sequential(
-            _sep(c(1024), c(1536)),
+            _separable(ch[1024], ch[1536]),
             nn.ReLU(),
-            _sep(c(1536), c(2048)),
+            _separable(ch[1536], ch[2048]),
             nn.ReLU(),
         )
-        self.num_features = c(2048)
+        self.num_features = ch[2048]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
 
@@ -119,15 +125,18 @@ class Xception(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def xception(**kwargs) -> Xception:
-    """Xception as in the paper (22.9M parameters)."""
-    return Xception(**kwargs)
-
-
-@register_model
-def xception_tiny(**kwargs) -> Xception:
-    """A small Xception for experiments: quarter width, two middle-flow blocks."""
-    kwargs.setdefault("width", 0.25)
-    kwargs.setdefault("middle_blocks", 2)
-    return Xception(**kwargs)
+# Model files written before the width multiplier had its common name pass ``width``.
+_RENAMED = {"width": "width_mult"}
+register_model(
+    variant(Xception, "xception", "Xception as in the paper (22.9M parameters).", _RENAMED)
+)
+register_model(
+    variant(
+        Xception,
+        "xception_tiny",
+        "A small Xception for experiments: quarter width, two middle-flow blocks.",
+        _RENAMED,
+        width_mult=0.25,
+        middle_blocks=2,
+    )
+)

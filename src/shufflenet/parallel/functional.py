@@ -82,15 +82,13 @@ class _Exchange(Function):
     def backward(fctx, gy):
         send_index, inv_recv_order = fctx.saved_tensors
         plan, ctx, tag, x_shape = fctx.meta
-        grecv = (
-            gy.movedim(1, 0).index_select(0, inv_recv_order).contiguous()
-        )  # receive-buffer order
+        # back into receive-buffer order
+        grecv = gy.movedim(1, 0).index_select(0, inv_recv_order).contiguous()
         gsend = _all_to_all(
             ctx, tag, grecv, plan.recv_splits, plan.send_splits, plan.received_from_others
         )
-        gx = gy.new_zeros(x_shape).index_add_(
-            1, send_index, gsend.movedim(0, 1)
-        )  # halo copies add up
+        # a channel sent to several ranks (halo copies) gets the sum of their gradients
+        gx = gy.new_zeros(x_shape).index_add_(1, send_index, gsend.movedim(0, 1))
         return gx, None, None, None, None, None, None
 
 

@@ -60,10 +60,8 @@ class HaloLocalResponseNorm(nn.Module):
         ):
             raise ValueError("HaloLocalResponseNorm needs a contiguous-block layout")
         self.lrn = lrn
-        before, after = (
-            lrn.size // 2,
-            (lrn.size - 1) // 2,
-        )  # the window of channel c: [c - before, c + after]
+        # the window of channel c: [c - before, c + after]
+        before, after = lrn.size // 2, (lrn.size - 1) // 2
         halo = []
         for part in layout.parts:
             lo, hi = (part[0], part[-1] + 1) if part else (0, 0)

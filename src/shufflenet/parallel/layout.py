@@ -20,6 +20,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from torch import nn
+
+from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle, channel_shuffle_indices
+
 __all__ = ["ChannelLayout", "ExchangePlan", "plan_exchange", "shuffle_permutation"]
 
 
@@ -158,9 +162,15 @@ def plan_exchange(src: ChannelLayout, dst: ChannelLayout, rank: int) -> Exchange
     )
 
 
-def shuffle_permutation(shuffle_module, channels: int) -> list[int]:
-    """``perm`` with ``shuffle_module(x)[:, o] == x[:, perm[o]]``, read off the module itself."""
-    import torch
-
-    probe = torch.arange(channels, dtype=torch.float64).view(1, channels, 1)
-    return [int(v) for v in shuffle_module(probe).flatten().tolist()]
+def shuffle_permutation(shuffle_module: nn.Module, channels: int) -> list[int]:
+    """``perm`` with ``shuffle_module(x)[:, o] == x[:, perm[o]]`` for a shuffle, an unshuffle or an identity."""
+    if isinstance(shuffle_module, nn.Identity):
+        return list(range(channels))
+    if isinstance(shuffle_module, ChannelShuffle | ChannelUnshuffle):
+        return channel_shuffle_indices(
+            channels, shuffle_module.groups, shuffle_module.inverse
+        ).tolist()
+    raise TypeError(
+        f"{type(shuffle_module).__name__} is not a channel permutation "
+        "(expected ChannelShuffle, ChannelUnshuffle or nn.Identity)"
+    )

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..model_file import save_model
+from ..models import create_model
 from .comm import ParallelContext
 from .layout import ChannelLayout
 from .modules import GatherChannels
@@ -116,8 +118,6 @@ def load_full_state_dict(
 def gather_model(pmodel: nn.Module, dst: int | None = 0) -> nn.Module | None:
     """The ordinary single-device model (rebuilt from ``model_cfg`` with the gathered weights) on rank
     ``dst`` (every rank if ``None``); ``None`` elsewhere. A collective."""
-    from ..models import create_model
-
     cfg = getattr(pmodel, "model_cfg", None)
     if not cfg:
         raise ValueError(
@@ -137,7 +137,5 @@ def save_group_parallel(
 ) -> Path | None:
     """Save as an ordinary model file (:func:`shufflenet.model_file.save_model`) from rank ``dst``; every
     rank must call it. Returns the path on ``dst``, ``None`` elsewhere."""
-    from ..model_file import save_model
-
     model = gather_model(pmodel, dst)
     return None if model is None else save_model(path, model, **save_kwargs)

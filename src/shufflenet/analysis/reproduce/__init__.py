@@ -47,12 +47,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     "groups": Experiment(
         run_groups,
         GroupsConfig,
-        "NIN root-1/2/4/8/16 on CIFAR-10: accuracy, counts, latency, correlation panels",
+        "NIN root-1/2/4/8/16 on CIFAR-10: train/test accuracy, counts, latency, correlation vs untrained",
     ),
     "shuffle": Experiment(
         run_shuffle,
         ShuffleConfig,
-        "ShuffleNet g=3/g=8 with and without channel shuffle on CIFAR-10",
+        "ShuffleNet g=1/2/3/4/8 with and without channel shuffle on CIFAR-10, several seeds",
     ),
     "alexnet-groups": Experiment(
         run_alexnet_groups,

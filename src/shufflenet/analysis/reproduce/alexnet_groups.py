@@ -19,6 +19,7 @@ import dataclasses
 import time
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +78,19 @@ def short_run_init(model: nn.Module, conv1_std: float = 0.01) -> None:
     nn.init.normal_(layers[-1].weight, 0.0, 0.01)
 
 
+def _spread(values: np.ndarray) -> dict[str, float]:
+    """Mean, standard deviation, standard error of the mean and quartiles of per-filter values."""
+    v = np.asarray(values, dtype=float)
+    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return {
+        "mean": float(v.mean()),
+        "sd": sd,
+        "se": sd / np.sqrt(len(v)),
+        "q25": float(np.percentile(v, 25)),
+        "q75": float(np.percentile(v, 75)),
+    }
+
+
 def run_alexnet_groups(opts: AlexNetGroupsConfig) -> dict:
     start = time.perf_counter()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -112,13 +126,20 @@ def run_alexnet_groups(opts: AlexNetGroupsConfig) -> dict:
         s = fg.summary()
         record[label] = s
         if "per_group" in s:
+            spread = [_spread(fg.colour[sl]) for sl in fg.group_slices()]
+            for g, sp in zip(s["per_group"], spread):
+                g.update(sp)
             g0, g1 = s["per_group"]
             rows.append(
                 [
                     label,
-                    f"{g0['mean_colour_fraction']:.3f}",
-                    f"{g1['mean_colour_fraction']:.3f}",
+                    *(
+                        f"{sp['mean']:.3f} ± {sp['sd']:.3f} ({sp['q25']:.2f}-{sp['q75']:.2f})"
+                        for sp in spread
+                    ),
                     f"{abs(g0['mean_colour_fraction'] - g1['mean_colour_fraction']):.3f}",
+                    f"{spread[0]['mean'] - spread[1]['mean']:+.3f} ± "
+                    f"{(spread[0]['se'] ** 2 + spread[1]['se'] ** 2) ** 0.5:.3f}",
                 ]
             )
     md = Markdown("AlexNet's two filter groups: conv1 filters by group")
@@ -134,7 +155,21 @@ def run_alexnet_groups(opts: AlexNetGroupsConfig) -> dict:
         md.h2(
             "Colour fraction per group (0 = grey, 1 = purely chromatic; random filters give about 2/3)"
         )
-        md.table(["conv1", "group 0 (filters 0-47)", "group 1 (filters 48-95)", "difference"], rows)
+        md.table(
+            [
+                "conv1",
+                "group 0 (filters 0-47): mean ± sd (quartiles)",
+                "group 1 (filters 48-95): mean ± sd (quartiles)",
+                "|difference|",
+                "group 0 - group 1 ± standard error",
+            ],
+            rows,
+        )
+        md.p(
+            "Spread over the filters of each group: the standard deviation and the quartiles of the per-filter "
+            "colour fractions; the standard error of the difference of the group means treats the filters as "
+            "independent samples."
+        )
         n = after.weights.shape[0] // after.groups
         grey = [int((after.colour[s] < 0.2).sum()) for s in after.group_slices()]
         grey_change = [int((change.colour[s] < 0.2).sum()) for s in after.group_slices()]

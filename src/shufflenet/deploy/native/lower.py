@@ -28,9 +28,10 @@ from torch import nn
 from ...layers.conv_bn_act import ConvBnAct
 from ...layers.separable import DepthwiseSeparableConv2d
 from ...layers.shuffle_unit import ShuffleUnit
+from ...models import in_channels
 from ...ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+from ..errors import NotSupportedError
 from ..fold import (
-    NotSupportedError,
     fold_conv_bn,
     invert_permutation,
     relu_like,
@@ -533,19 +534,13 @@ def lower(model: nn.Module) -> Program:
                 f"parameters of dtype {p.dtype}; the native engine runs float32"
             )
     prog = Program()
-    x = prog.new_value(_in_channels(model))
+    try:
+        x = prog.new_value(in_channels(model))
+    except ValueError as e:
+        raise NotSupportedError(str(e)) from None
     prog.output = _lower_module(prog, x, model)
     if prog.output == 0 or not prog.ops:
         raise NotSupportedError(
             f"{type(model).__name__} computes nothing the native engine would run"
         )
     return prog
-
-
-def _in_channels(model: nn.Module) -> int:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-        if isinstance(m, ShuffleUnit):
-            return m.in_channels
-    raise NotSupportedError(f"cannot tell the input channels of {type(model).__name__} (no Conv2d)")
