@@ -54,7 +54,7 @@ __all__ = [
 LIB_NAME = "libshufflenet_native.so"
 MANIFEST_NAME = "manifest.json"
 _OLD_MANIFEST_NAME = "variants.txt"  # the plain list of variants of earlier caches (no hash)
-_SOURCES = ("sn_native.h", "sn_simd.h", "sn_vtab.h", "sn_kernels.c", "sn_runtime.c")
+_SOURCES = ("sn_native.h", "sn_simd.h", "sn_vtab.h", "sn_int8.h", "sn_kernels.c", "sn_runtime.c")
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 # (name, ISA number, extra flags); the portable variant is always built.
 _VARIANTS = (
