@@ -54,7 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("shufflenet.cli.reproduce", "run a paper experiment and write a Markdown report"),
     "bench": ("shufflenet.cli.bench", "inference latency across backends"),
     "export": ("shufflenet.cli.export", "export a checkpoint to ONNX, checked with ONNX Runtime"),
-    "quantize": ("shufflenet.cli.quantize", "post-training int8 quantisation with a float32/int8 report"),
+    "quantize": (
+        "shufflenet.cli.quantize",
+        "post-training int8 quantisation with a float32/int8 report",
+    ),
     "convert": (
         "shufflenet.cli.convert",
         "convert published checkpoints to shufflenet model files",
