@@ -78,7 +78,8 @@ def test_bench_honours_a_model_files_configuration(tmp_path, capsys):
         model,
         InputSpec(image_size=28, resize_size=None, channel_order="L", mean=(0.5,), std=(0.5,)),
     )
-    argv = ["bench", str(path), "--backends", "eager", "--rounds", "1", "--warmup", "0", "--quiet"]
+    argv = ["bench", str(path), "--backends", "eager", "--runs", "1", "--warmup", "0", "--quiet"]
+    argv += ["--load-window", "0"]
     threads = torch.get_num_threads()
     assert main([*argv, "--threads", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert torch.get_num_threads() == threads  # the process's thread count is restored

@@ -118,6 +118,82 @@ def test_idx_truncated_or_foreign_is_a_clear_error(tmp_path):
         read_idx(g)
 
 
+@pytest.mark.parametrize("label", [10, 255])
+def test_mnist_labels_outside_0_to_9_are_refused(tmp_path, label):
+    write_mnist(tmp_path, gz=False)
+    labels = np.arange(12) % 10
+    labels[7] = label
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    with pytest.raises(ValueError, match=rf"train-labels-idx1-ubyte.*label {label} at index 7"):
+        load_mnist(tmp_path, True)
+    assert len(load_mnist(tmp_path, False).classes) == 10  # the test split is fine
+
+
+# ----------------------------------------------------------------- image modes
+def _decoded(tmp_path: Path, im: Image.Image, suffix: str) -> np.ndarray:
+    path = tmp_path / f"img{suffix}"
+    im.save(path)
+    return read_image(path).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32896, 65535, 1000, 50000]], np.uint16)
+    im = Image.fromarray(values)
+    assert im.mode == "I;16"
+    for suffix in (".png", ".tif"):
+        out = _decoded(tmp_path, im, suffix)
+        expected = np.floor(
+            values.astype(np.float64) / 65535 * 255 + 0.5
+        )  # [0, 1, 128, 255, 4, 195]
+        assert out.dtype == np.uint8 and np.array_equal(out, np.repeat(expected[..., None], 3, 2))
+    grey = Image.fromarray(np.full((4, 4), 30000, np.uint16))  # mid-grey, not "almost white"
+    assert abs(float(_decoded(tmp_path, grey, ".png").mean()) - 30000 / 257) <= 0.5
+
+
+def test_32_bit_modes(tmp_path):
+    f = Image.fromarray(np.array([[0.4, 1.6, 127.5, 300.0, -5.0]], np.float32))  # 0..255 scale
+    assert f.mode == "F"
+    assert _decoded(tmp_path, f, ".tif")[0, :, 0].tolist() == [0, 2, 128, 255, 0]
+    i = Image.fromarray(np.array([[0, 257, 65535, 70000]], np.int32))  # 16-bit range, clipped
+    assert i.mode == "I"
+    assert _decoded(tmp_path, i, ".tif")[0, :, 1].tolist() == [0, 1, 255, 255]
+    nan = Image.fromarray(np.array([[1.0, np.nan]], np.float32))
+    nan.save(tmp_path / "nan.tif")
+    with pytest.raises(UnreadableImage, match="non-finite"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 30 = 1200 pixels
+    with pytest.raises(UnreadableImage, match="40x30 pixels exceed Pillow's limit of 1,000"):
+        read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # limit disabled
+    assert read_image(path).shape == (3, 30, 40)
+
+
+def test_colour_modes_decode_to_their_rgb_values(tmp_path):
+    c, m, y, k = 100, 50, 0, 30
+    cmyk = _decoded(tmp_path, Image.new("CMYK", (3, 2), (c, m, y, k)), ".tif")
+    expected = [round(255 * (1 - v / 255) * (1 - k / 255)) for v in (c, m, y)]  # [137, 181, 225]
+    assert np.abs(cmyk.astype(int) - expected).max() <= 1
+
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 200, 10, 30, 5, 250, 90] + [0] * 759)
+    palette.putpixel((0, 0), 1)
+    palette.putpixel((1, 0), 2)
+    for suffix in (".png", ".gif", ".bmp"):
+        assert _decoded(tmp_path, palette, suffix).tolist() == [[[200, 10, 30], [5, 250, 90]]]
+
+    la = Image.fromarray(np.array([[[17, 0], [240, 255]]], np.uint8), mode="LA")
+    assert _decoded(tmp_path, la, ".png").tolist() == [[[17] * 3, [240] * 3]]  # alpha dropped
+    rgba = Image.new("RGBA", (1, 2), (12, 34, 56, 7))
+    assert _decoded(tmp_path, rgba, ".png").tolist() == [[[12, 34, 56]], [[12, 34, 56]]]
+    grey = _decoded(tmp_path, Image.new("L", (1, 1), 99), ".jpg")
+    assert np.abs(grey.astype(int) - 99).max() <= 1
+
+
 # ----------------------------------------------------------------- CIFAR
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_cifar10_batches(tmp_path, protocol):
@@ -223,6 +299,73 @@ def test_collate_of_only_unreadable_samples():
     assert images.numel() == 0 and labels.numel() == 0 and skipped == []
 
 
+def _constant_folder(root: Path, per_class: int) -> dict[int, int]:
+    """Two class folders of constant-grey PNGs (grey level -> class) and a 0-byte zero.jpg in each."""
+    levels = {}
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            level = 10 + 40 * c + 10 * i
+            Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(root / name / f"{i}.png")
+            levels[level] = c
+        (root / name / "zero.jpg").write_bytes(b"")
+    return levels
+
+
+def test_training_batches_of_only_unreadable_images_are_refilled(tmp_path):
+    levels = _constant_folder(tmp_path, per_class=3)
+    ds = build_dataset(tmp_path, True, val_fraction=0.25)  # 6 of 8 images, one zero.jpg per class
+    bad = sorted(str(p) for p, _ in ds.dataset.samples if p.name == "zero.jpg")
+    assert len(bad) == 2
+    n_bad = sum(ds.dataset.samples[i][0].name == "zero.jpg" for i in ds.indices)
+    spec = InputSpec(8, None, "RGB", 255.0, (0.0,) * 3, (1.0,) * 3)  # model input = pixel value
+    loader = make_loader(ds, build_transform(spec, False), 1, train=True, seed=3)
+
+    def epoch():
+        out = []
+        for images, labels, skipped in loader:
+            assert images.shape == (1, 3, 8, 8) and labels.shape == (1,)  # never an empty batch
+            out.append((float(images[0, 0, 0, 0]), int(labels[0]), list(skipped)))
+        return out
+
+    first = epoch()
+    assert len(first) == len(ds)
+    assert sum(len(s) for *_, s in first) == n_bad > 0
+    assert sorted(p for *_, s in first for p in s) == sorted(
+        str(ds.dataset.samples[i][0])
+        for i in ds.indices
+        if ds.dataset.samples[i][0].name == "zero.jpg"
+    )
+    for (
+        level,
+        label,
+        _,
+    ) in first:  # every image (also the stand-ins) is a readable file with its label
+        assert levels[round(level)] == label
+    assert epoch() == first  # the stand-ins are a function of (seed, epoch, index)
+
+
+def test_evaluation_drops_unreadable_images(tmp_path):
+    _constant_folder(tmp_path, per_class=2)
+    pool = load_folder(tmp_path, train=True, val_fraction=0.25).dataset
+    spec = InputSpec(8, None, "RGB", 1.0, (0.5,) * 3, (0.25,) * 3)
+    loader = make_loader(pool, build_transform(spec, False), 1, train=False)
+    batches = [(len(labels), list(skipped)) for _, labels, skipped in loader]
+    assert [n for n, _ in batches] == [1, 1, 0, 1, 1, 0]  # a/0 a/1 a/zero b/0 b/1 b/zero
+    assert [p for _, s in batches for p in s] == [str(tmp_path / c / "zero.jpg") for c in "ab"]
+
+
+def test_a_dataset_without_readable_images_is_a_clear_error(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "zero.png").write_bytes(b"")
+    pool = load_folder(tmp_path, train=True, val_fraction=0.25).dataset
+    spec = InputSpec(8, None, "RGB", 1.0, (0.5,) * 3, (0.25,) * 3)
+    loader = make_loader(pool, build_transform(spec, False), 1, train=True)
+    with pytest.raises(ValueError, match=r"none of the 2 images .* is readable"):
+        next(iter(loader))
+
+
 # ----------------------------------------------------------------- detection errors
 def test_missing_path_names_path_and_formats(tmp_path):
     missing = tmp_path / "nope"
@@ -261,3 +404,17 @@ def test_builtin_digits_split():
 def test_split_indices_rejects_bad_fraction():
     with pytest.raises(ValueError, match="val_fraction=1.5"):
         split_indices([0, 1, 1], 1.5)
+
+
+def test_train_at_batch_size_one_with_a_zero_byte_image_reports_the_skips(tmp_path, capsys):
+    from shufflenet.cli import train
+
+    _constant_folder(tmp_path / "data", per_class=3)
+    argv = ["--data", str(tmp_path / "data"), "--model", "shufflenet_v1_g3_x0_25",
+            "--model-kwargs", '{"stage_repeats": [1, 1, 1]}', "--image-size", "16",
+            "--batch-size", "1", "--epochs", "1", "--val-fraction", "0.25", "--threads", "1",
+            "--no-progress", "--output", str(tmp_path / "runs"), "--name", "run"]  # fmt: skip
+    assert train.main(argv) == 0
+    out = capsys.readouterr()
+    assert "unreadable images skipped" in out.out + out.err and "zero.jpg" in out.out + out.err
+    assert (tmp_path / "runs" / "run" / "model.safetensors").is_file()

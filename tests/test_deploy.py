@@ -332,7 +332,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     rc = main(
         [
             "bench", "shufflenet_v1_g3_x0_25", "--batch", "2", "--threads", "1", "--input-size", "32",
-            "--backends", "eager,optimized,native", "--rounds", "2", "--warmup", "1",
+            "--backends", "eager,optimized,native", "--runs", "2", "--warmup", "1", "--load-window", "0.1",
             "--json", str(out), "--plot", str(png), "--quiet",
         ]
     )  # fmt: skip
@@ -349,6 +349,10 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert d["backends"]["native"]["status"] in ("ok", "skipped")
     assert abs(d["ratios"]["eager"]["eager"] - 1.0) < 1e-12
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the load of other processes is recorded per backend, and a busy machine is said to be busy
+    assert d["backends"]["eager"]["other_cores_during"] is not None
+    assert d["busy"] == (d["max_other_cores"] > 0.2)
+    assert ("BUSY machine" in text) == d["busy"]
 
 
 def test_bench_cli_rejects_bad_arguments(capsys):

@@ -320,3 +320,79 @@ def test_native_channel_shuffle_large(lib):
     # big enough for the streaming-store path
     x = torch.randn(8, 240, 56, 56).contiguous(memory_format=torch.channels_last)
     assert torch.equal(channel_shuffle_nhwc(x, 3, threads=2), channel_shuffle(x, 3))
+
+
+def _nan_positions(x: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """A corner, a border pixel, an interior pixel and the last pixel, in different images and channels."""
+    n, c, h, w = x.shape
+    return [
+        (0, 0, 0, 0),
+        (n - 1, c - 1, h - 1, w - 1),
+        (0, c // 2, h // 2, w // 2),
+        (n - 1, 0, 0, w - 1),
+    ]
+
+
+def _check_nan(native: nn.Module, ref_model: nn.Module, x: torch.Tensor) -> None:
+    """NaN exactly where eager has NaN, the other outputs as eager's."""
+    with torch.no_grad():
+        ref = ref_model(x)
+    out = native(x)
+    assert torch.isnan(ref).any(), "the reference must see the NaN"
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    finite = ~torch.isnan(ref)
+    if finite.any():
+        scale = ref[finite].abs().max().clamp_min(1e-6)
+        assert ((out[finite] - ref[finite]).abs().max() / scale).item() <= 1e-4
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("g", [1, 3, 8])
+def test_nan_input_gives_nan_like_eager_units(lib, stride, g):
+    unit = _unit(g, stride)
+    base = torch.randn(2, unit.in_channels, 11, 13)
+    for isa in lib.supported:
+        native = NativeModule(unit, isa=isa, num_threads=1)
+        for pos in _nan_positions(base):
+            x = base.clone()
+            x[pos] = float("nan")
+            _check_nan(native, unit, x)
+
+
+def test_nan_input_gives_nan_logits_every_isa(lib):
+    # stem conv with fused max pool, max pool alone, average pools, ReLUs, GAP, FC
+    models = [
+        _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10)),
+        _randomize(create_model("mobilenet_v1_x0_25", num_classes=10)),
+        _randomize(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 3, 1, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+                nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )  # fmt: skip
+        ),
+    ]
+    base = torch.randn(2, 3, 33, 35)
+    for m in models:
+        for isa in lib.supported:
+            for threads in (1, 2):
+                native = NativeModule(m, isa=isa, num_threads=threads)
+                for pos in _nan_positions(base):
+                    x = base.clone()
+                    x[pos] = float("nan")
+                    _check_nan(native, m, x)
+
+
+def test_thread_plan_policy():
+    from shufflenet.deploy.native.module import thread_plan
+
+    one = thread_plan(1, 2)  # fewer images than threads: all threads on each image
+    assert (one.threads, one.mode, one.nsets) == (2, 0, 1)
+    many = thread_plan(5, 2)  # one image per thread, a workspace set per thread
+    assert (many.threads, many.mode, many.nsets, many.adaptive) == (2, 1, 2, False)
+    single = thread_plan(3, 1)
+    assert (single.threads, single.mode, single.adaptive) == (1, 0, False)
+    assert thread_plan(1, None).threads == max(1, torch.get_num_threads())

@@ -9,6 +9,7 @@ Quick tour::
     report = shufflenet.profile(model, 224)                # parameters and multiply-adds per layer
 """
 
+from . import quantize  # a callable module: shufflenet.quantize(model, images) is quantize.quantize
 from .complexity import ComplexityReport, profile
 from .data.spec import InputSpec
 from .factory import LoadReport, ResolvedModel, create_model, load_matching, resolve_model
@@ -60,6 +61,7 @@ __all__ = [
     "load_matching",
     "load_model",
     "profile",
+    "quantize",
     "read_info",
     "register_model",
     "resolve_model",

@@ -12,6 +12,7 @@ command line's model argument.
   ``shufflenet convert`` (:func:`shufflenet.interop.convert_release`), with a note saying so;
 - a plain state dict (``torch.save`` or ``.safetensors``) for a named architecture
   (``create_model(name, weights=PATH)``);
+- an int8 model file (``shufflenet quantize``): the :class:`~shufflenet.quantize.QuantizedModel` it holds;
 
 and returns a :class:`ResolvedModel`: the model (eval mode) and what is known about it. The file's kind is
 read from its content, not its suffix. Loading never executes code from the file.
@@ -40,6 +41,7 @@ from .interop.torch_files import load_torch_state_dict
 from .model_file import build_from_info, is_model_file, parse_model_info, read_safetensors
 from .models import create_model as build_model
 from .models import get_model_factory, is_model
+from .quantize.io import is_int8_file, load_quantized
 
 __all__ = [
     "LoadReport",
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 #: where a :class:`ResolvedModel` came from
-SOURCES = ("registry", "shufflenet", "megvii", "torchvision", "state_dict")
+SOURCES = ("registry", "shufflenet", "megvii", "torchvision", "state_dict", "int8")
 
 _NOTE_CONVERTED = {
     "megvii": "converted a Megvii ShuffleNet v1 checkpoint in memory "
@@ -313,6 +315,12 @@ def resolve_model(
                 "registry",
                 None,
             )
+    if is_int8_file(path):  # an int8 model (shufflenet.quantize): runs as it is stored
+        q, info = load_quantized(path)
+        _check_name(arch, info.arch or arch, path, "an int8 model")
+        return ResolvedModel(
+            q, info.arch, info.arch_kwargs, info.input_spec, info.class_names, "int8", path
+        )
     tensors, meta = _read_any(path)
     notes: list[str] = []
     if meta is not None and is_model_file(meta):

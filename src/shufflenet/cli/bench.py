@@ -1,10 +1,11 @@
-"""``shufflenet bench MODEL``: inference latency of one model on several backends, measured together.
+"""``shufflenet bench MODEL``: inference latency of one model on several backends, each in its own process.
 
-Every backend is built from the same (random or given) weights, checked against eager PyTorch, warmed up and
-then timed in interleaved rounds (one forward pass of each backend per round, in a rotating order), so that a
-change of machine load hits all backends alike. Prints median latency (and its p10-p90 spread), images/s,
-achieved GFLOP/s (2 x multiply-adds / median), the ratio of every pair of backends and the load average; writes
-the same as JSON (``--json``) and a bar chart (``--plot``).
+Every backend is built from the same (random or given) weights in a fresh worker process (so that no other
+backend's threads are alive), checked against eager PyTorch, warmed up and timed over ``--runs`` forward passes
+(:mod:`shufflenet.deploy.benchmark`). Prints median latency (and its p10-p90 spread), images/s, achieved GFLOP/s
+(2 x multiply-adds / median), the ratio of every pair of backends and the CPU time other processes used around
+each measurement: when that is above 0.2 cores the machine is reported busy and the figures are not results.
+Writes the same as JSON (``--json``) and a bar chart (``--plot``).
 
 Example::
 
@@ -18,15 +19,15 @@ import sys
 
 import torch
 
-from ..deploy.api import BACKENDS
+from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
 from .common import add_model_argument, resolve_cli_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shufflenet bench",
-        description="Median latency, images/s, GFLOP/s and ratios of inference backends, timed in interleaved "
-        "rounds.",
+        description="Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its "
+        "own process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_argument(p)
@@ -43,21 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input height = width, pixels; unset: the model file's image size, else 224",
     )
+    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
     p.add_argument(
-        "--rounds", type=int, default=None, help="timed rounds (default: fit --time-budget)"
-    )
-    p.add_argument(
-        "--time-budget",
+        "--load-window",
         type=float,
-        default=20.0,
-        help="seconds of timed rounds when --rounds is unset",
-    )
-    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes per backend")
-    p.add_argument(
-        "--gap-ms",
-        type=float,
-        default=10.0,
-        help="sleep before each timed call, so that the previous backend's spinning threads go idle",
+        default=1.0,
+        help="seconds over which other processes' CPU use is sampled before each backend",
     )
     p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
@@ -79,10 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         ("--batch", args.batch),
         ("--threads", args.threads),
         ("--input-size", args.input_size),
+        ("--runs", args.runs),
     ):
         if v is not None and v < 1:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
             return 2
+    if args.warmup < 0 or args.load_window < 0:
+        print(
+            f"shufflenet bench: --warmup {args.warmup} and --load-window {args.load_window} must be >= 0",
+            file=sys.stderr,
+        )
+        return 2
     from ..deploy.benchmark import format_table, plot_result, run_benchmark
 
     try:
@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             backends=backends,
             input_size=input_size,
-            rounds=args.rounds,
+            runs=args.runs,
             warmup=args.warmup,
-            time_budget=args.time_budget,
-            gap=args.gap_ms / 1e3,
+            load_window=args.load_window,
             log=log,
+            arch=resolved.name,
+            arch_kwargs=resolved.arch_kwargs,
         )
     finally:
         torch.set_num_threads(threads_before)  # leave the process's thread count as it was

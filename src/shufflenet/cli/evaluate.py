@@ -2,16 +2,19 @@
 
 The data defaults to what a model file was trained on (its evaluation split: the test files of MNIST/CIFAR,
 the held-out share of the built-in digits or of a single image folder), preprocessed by the model's own
-input convention.
+input convention. Another image folder without a train/val split is evaluated whole (--split chooses
+otherwise). Class folders are matched by name to the model's classes (ImageNet WordNet IDs such as n01440764
+for a 1000-class model without stored names) and may be a subset of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ..data import build_dataset, build_transform, make_loader
+from ..data import SPLITS, build_transform, evaluation_data, make_loader, readable_class_names
 from ..distributed import DistContext, resolve_device
 from ..train.engine import evaluate
 from ..train.metrics import plot_confusion
@@ -38,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="held-out share; default: the training run's",
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="auto",
+        help="which images: auto = a folder without train/val split whole (the share held out at "
+        "training time if it is the model's training folder), else the evaluation split; all; val; train",
     )
     p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=128)
     p.add_argument(
@@ -73,39 +83,48 @@ def main(argv: list[str] | None = None) -> int:
     model, spec = resolved.model.to(device), resolved.input_spec
     data = args.data or resolved.extra.get("data") or "builtin"
     val_fraction = args.val_fraction or resolved.extra.get("val_fraction", 0.2)
-    dataset = build_dataset(data, False, val_fraction, image_size=spec.image_size)
-    classes = resolved.class_names or list(dataset.classes)
-    if list(dataset.classes) != list(classes):
-        raise ValueError(
-            f"the data's classes {list(dataset.classes)[:10]} differ from the model's {classes[:10]}"
-        )
-    if len(classes) != model.num_classes:
-        raise ValueError(
-            f"the data has {len(classes)} classes; {resolved.name} has {model.num_classes} outputs"
-        )
+    ev = evaluation_data(data, resolved.class_names, model.num_classes, split=args.split,
+                         val_fraction=val_fraction, image_size=spec.image_size,
+                         training_data=resolved.extra.get("data"))  # fmt: skip
+    for note in ev.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     loader = make_loader(
-        dataset,
+        ev.dataset,
         build_transform(spec, False),
         args.batch_size,
         False,
         workers=args.workers,
         pin_memory=device.type == "cuda",
     )
-    result = evaluate(model, loader, len(classes), DistContext(device=device))
-    plot_confusion(
-        result.confusion, classes, png, f"{resolved.name} on {data}: top-1 {result.acc1:.1%}"
+    result = evaluate(model, loader, len(ev.class_names), DistContext(device=device))
+    shown = readable_class_names(ev.class_names, len(ev.class_names))
+    plot_confusion(  # the classes the data holds (all outputs remain possible predictions)
+        result.confusion[ev.present][:, ev.present],
+        [shown[i] for i in ev.present],
+        png,
+        f"{resolved.name} on {data}: top-1 {result.acc1:.1%}",
     )
     metrics = {
         **result.to_dict(),
         "skipped": result.skipped,
         "data": data,
+        "split": ev.split,
+        "images": result.count,
+        "classes": len(ev.present),
+        "model_classes": len(ev.class_names),
         "confusion_png": str(png),
     }
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
+        of = (
+            f" of the model's {len(ev.class_names):,}"
+            if len(ev.present) < len(ev.class_names)
+            else ""
+        )
         print(
-            f"{resolved.name} on {data} ({result.count:,} images, {len(classes)} classes)\n"
+            f"{resolved.name} on {data}, {ev.description}: {result.count:,} images evaluated, "
+            f"{len(ev.present)} classes{of}\n"
             f"top-1 {result.acc1:.2%}   top-5 {result.acc5:.2%}   loss {result.loss:.4f}\n"
             f"confusion matrix: {png}"
             + (f"\n{result.skipped} unreadable images skipped" if result.skipped else "")

@@ -53,7 +53,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filters": ("shufflenet.cli.filters", "first-layer filters by group, with a colour measure"),
     "reproduce": ("shufflenet.cli.reproduce", "run a paper experiment and write a Markdown report"),
     "bench": ("shufflenet.cli.bench", "inference latency across backends"),
-    "export": ("shufflenet.cli.export", "export a checkpoint to ONNX, checked with ONNX Runtime"),
+    "export": (
+        "shufflenet.cli.export",
+        "export to ONNX, ExecuTorch or ncnn, checked against PyTorch",
+    ),
+    "quantize": (
+        "shufflenet.cli.quantize",
+        "post-training int8 quantisation with a float32/int8 report",
+    ),
     "convert": (
         "shufflenet.cli.convert",
         "convert published checkpoints to shufflenet model files",

@@ -1,7 +1,8 @@
 """``shufflenet predict MODEL IMAGE...``: the most likely classes of each image.
 
 Images (JPEG, PNG, ...) are preprocessed by the model's input convention (resize, centre crop,
-channels, normalisation) exactly as in evaluation.
+channels, normalisation) exactly as in evaluation. Classes are printed by name: those stored with the model, or
+the ImageNet labels (tench, goldfish, ...) for a 1000-class model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import torch
 
+from ..data.evaluation import readable_class_names
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
 from ..distributed import resolve_device
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     resolved = resolve_cli_model(PROG, args.model, args.weights)
     model = resolved.model.to(device)
     transform = build_transform(resolved.input_spec, train=False)
-    names = resolved.class_names or [str(i) for i in range(model.num_classes)]
+    names = readable_class_names(resolved.class_names, model.num_classes)
     failed = 0
     for path in args.images:
         try:

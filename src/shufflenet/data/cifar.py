@@ -80,9 +80,11 @@ def safe_load_pickle(path: str | Path) -> Any:
         return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise ValueError(f"{str(path)!r} is not a CIFAR python batch: {e}") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (
+        Exception
+    ) as e:  # damaged pickles raise many types (EOFError, LookupError, MemoryError, ...)
         raise ValueError(
-            f"{str(path)!r} is not a readable CIFAR python batch (truncated?): {e}"
+            f"{str(path)!r} is not a readable CIFAR python batch (truncated?): {type(e).__name__}: {e}"
         ) from e
 
 
@@ -110,7 +112,7 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, list[int]]:
     try:
         data = np.asarray(_field(batch, b"data", path), dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = [int(y) for y in _field(batch, label_key, path)]
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{str(path)!r} is not a CIFAR python batch of N x 3072 bytes: {e}") from e
     if len(data) != len(labels):
         raise ValueError(f"{str(path)!r} holds {len(data)} images but {len(labels)} labels")
@@ -128,10 +130,18 @@ def load_cifar(path: str | Path, train: bool = True) -> ArrayDataset:
     variant, root = found
     _, train_files, test_files, meta_file, label_key, names_key, mean, std = _LAYOUTS[variant]
     meta = safe_load_pickle(root / meta_file)
-    names = [
-        n.decode() if isinstance(n, bytes) else str(n)
-        for n in _field(meta, names_key, root / meta_file)
-    ]
+    raw_names = _field(meta, names_key, root / meta_file)
+    if not isinstance(raw_names, list | tuple):
+        raise ValueError(
+            f"{str(root / meta_file)!r} is not a CIFAR meta file: {names_key.decode()!r} is a "
+            f"{type(raw_names).__name__}, not a list of names"
+        )
+    try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{str(root / meta_file)!r} holds a class name that is not UTF-8: {e}"
+        ) from e
     parts = [_read_batch(root / f, label_key) for f in (train_files if train else test_files)]
     images = np.concatenate([d for d, _ in parts]).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
     labels = [y for _, ys in parts for y in ys]

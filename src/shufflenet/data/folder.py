@@ -5,9 +5,11 @@ Two layouts are recognised:
 - ``root/train/<class>/*`` with ``root/val/<class>/*`` (or ``test/``): the given splits;
 - ``root/<class>/*``: one pool, split into training and validation per class with a fixed seed.
 
-Images are decoded when a sample is read, as RGB. An image that cannot be decoded raises
-:class:`UnreadableImage`; the loader (:mod:`.loader`) catches it, drops the sample from its batch and counts it,
-so a damaged file never stops an epoch.
+Images are decoded when a sample is read, as 8-bit RGB (:func:`read_image` says how each Pillow mode is
+mapped; 16-bit images are scaled, not clipped). An image that cannot be decoded raises
+:class:`UnreadableImage`; the loader (:mod:`.loader`) catches it and counts it, and drops the sample from its
+batch (evaluation) or puts another readable image in its place (training), so a damaged file never stops an
+epoch.
 """
 
 from __future__ import annotations
@@ -42,12 +44,43 @@ class UnreadableImage(ValueError):
         self.path, self.reason = str(path), reason
 
 
+# Single-channel modes whose values are not 0..255: 16-bit grey ("I" is how Pillow before 11 opens a 16-bit
+# PNG; wider 32-bit values clip at 65535) and 32-bit float, which Pillow itself treats as 0..255.
+_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 255}
+
+
+def _grey_to_8bit(im: Image.Image) -> np.ndarray:
+    """(H, W) uint8 of a 16-bit or float grey image, scaled from its mode's range to 0..255 and rounded."""
+    values = np.asarray(im, dtype=np.float32)  # exact for 16-bit integers
+    if not np.isfinite(values).all():
+        raise ValueError(f"mode {im.mode} image holds non-finite pixel values")
+    top = _WIDE_MODES[im.mode]
+    return np.rint(np.clip(values, 0, top) * (255 / top)).astype(np.uint8)
+
+
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode ``path`` to a (3, H, W) uint8 RGB tensor; raises :class:`UnreadableImage`."""
+    """Decode ``path`` to a (3, H, W) uint8 RGB tensor; raises :class:`UnreadableImage`.
+
+    Colour modes go through Pillow's conversion to RGB: palette colours are looked up, CMYK becomes
+    ``255 * (1 - C/255) * (1 - K/255)`` (and likewise for M, Y), alpha is dropped (RGBA, LA, PA), grey is
+    repeated in the three channels. 16-bit grey (``I;16``, ``I``) is scaled by ``255/65535``, float grey
+    (``F``) is read as 0..255 (Pillow's convention); both are rounded and clipped to 0..255. An image of more
+    pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow warns above it) is refused before it is decoded.
+    """
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (None: no limit)
+            if limit is not None and im.width * im.height > limit:
+                raise ValueError(
+                    f"{im.width}x{im.height} pixels exceed Pillow's limit of {limit:,} (PIL.Image."
+                    "MAX_IMAGE_PIXELS): a damaged header or a decompression bomb"
+                )
+            if im.mode in _WIDE_MODES:
+                rgb = np.repeat(_grey_to_8bit(im)[..., None], 3, axis=2)  # (H, W, 3)
+            else:
+                rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+    # Pillow's decoders raise many types on damaged files (OSError, TypeError, struct.error, ...).
+    except Exception as e:
         raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 

@@ -7,8 +7,10 @@ files, CIFAR-10/100 python batches and image folders. ``make_loader`` wraps a da
   on the number of workers, and a run resumed in the middle of an epoch sees the same augmentation;
 - training shards are those of ``DistributedSampler`` (a permutation of ``seed + epoch``; one shard per rank,
   a single process is rank 0 of 1), evaluation shards are ``range(rank, n, world)`` with no padding;
-- unreadable images are dropped from their batch and reported in the third element of every batch,
-  ``(images, labels, skipped_paths)``.
+- unreadable images are reported in the third element of every batch, ``(images, labels, skipped_paths)``.
+  Evaluation drops them from their batch. Training replaces each by another readable image of the dataset,
+  chosen from the sample's own ``(seed, epoch, index)``: batches keep their size (a batch is never empty, even
+  when all of its files are unreadable, and every data-parallel rank takes the same number of steps).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -122,32 +125,78 @@ def default_spec(
 
 
 class _Skipped(NamedTuple):
+    """An unreadable sample dropped from its batch."""
+
     path: str
     reason: str
 
 
-class SampleDataset(Dataset):
-    """``dataset`` with ``transform`` applied under a per-sample generator; keys are ``(epoch, index)``."""
+class _Replaced(NamedTuple):
+    """A readable sample standing in for the unreadable file ``path``."""
 
-    def __init__(self, dataset: Dataset, transform: Transform, seed: int = 0) -> None:
+    image: torch.Tensor
+    label: int
+    path: str
+
+
+RANDOM_PROBES = 32  # random picks for a replacement before scanning the dataset in order
+
+
+class SampleDataset(Dataset):
+    """``dataset`` with ``transform`` applied under a per-sample generator; keys are ``(epoch, index)``.
+
+    An unreadable sample becomes a ``_Skipped`` marker, or with ``replace_unreadable`` a ``_Replaced`` one
+    holding another readable sample: up to :data:`RANDOM_PROBES` indices drawn from ``(seed, epoch, index)``,
+    then the following indices in order. A dataset without any readable image is a ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform: Transform,
+        seed: int = 0,
+        replace_unreadable: bool = False,
+    ) -> None:
         self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.replace_unreadable = replace_unreadable
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _candidates(self, epoch: int, index: int) -> Iterator[int]:
+        n = len(self.dataset)
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, index, 1])
+        yield from (int(j) for j in rng.integers(0, n, RANDOM_PROBES) if j != index)
+        yield from ((index + k) % n for k in range(1, n))
+
     def __getitem__(self, key: tuple[int, int] | int):
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        g = sample_generator(self.seed, epoch, index)
         try:
             img, label = self.dataset[index]
         except UnreadableImage as e:
-            return _Skipped(e.path, e.reason)
-        return self.transform(img, sample_generator(self.seed, epoch, index)), label
+            if not self.replace_unreadable:
+                return _Skipped(e.path, e.reason)
+            for j in self._candidates(epoch, index):
+                try:
+                    img, label = self.dataset[j]
+                except UnreadableImage:
+                    continue
+                return _Replaced(self.transform(img, g), label, e.path)
+            raise ValueError(
+                f"none of the {len(self.dataset)} images of the dataset is readable "
+                f"(e.g. {e.path!r}: {e.reason})"
+            ) from None
+        return self.transform(img, g), label
 
 
 def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the readable samples; returns ``(images (N, C, H, W), labels (N,), skipped paths)``."""
+    """Stack the readable samples; returns ``(images (N, C, H, W), labels (N,), skipped paths)``.
+
+    Skipped paths are those of dropped samples and of the files that replaced samples stand in for.
+    """
     good = [s for s in samples if not isinstance(s, _Skipped)]
-    skipped = [s.path for s in samples if isinstance(s, _Skipped)]
+    skipped = [s.path for s in samples if isinstance(s, _Skipped | _Replaced)]
     if not good:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long), skipped
     images = torch.stack([s[0] for s in good])
@@ -212,12 +261,13 @@ def make_loader(
 ) -> DataLoader:
     """A loader over this rank's shard; ``batch_size`` is per rank. Call :func:`set_epoch` before each epoch.
 
-    Training drops the last incomplete batch (a batch of one breaks batch norm). Workers persist across
-    epochs: the epoch travels with each key, so they hold no per-epoch state.
+    Training drops the last incomplete batch (a batch of one breaks batch norm) and replaces unreadable
+    images (see the module docstring); evaluation drops them. Workers persist across epochs: the epoch travels
+    with each key, so they hold no per-epoch state.
     """
     sampler = EpochSampler(len(dataset), train, seed, rank, world)
     return DataLoader(
-        SampleDataset(dataset, transform, seed),
+        SampleDataset(dataset, transform, seed, replace_unreadable=train),
         batch_sampler=BatchSampler(sampler, batch_size, drop_last=train),
         num_workers=workers,
         collate_fn=collate,

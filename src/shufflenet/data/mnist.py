@@ -9,6 +9,8 @@ NN = number of dims), then NN big-endian uint32 sizes, then the data.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ __all__ = ["read_idx", "find_mnist_files", "load_mnist", "MNIST_MEAN", "MNIST_ST
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+NUM_CLASSES = 10  # MNIST, Fashion-MNIST and KMNIST alike
 _SPLITS = {True: "train", False: "t10k"}
 
 
@@ -29,7 +32,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:  # includes gzip.BadGzipFile
+    except (OSError, EOFError, zlib.error) as e:  # includes gzip.BadGzipFile
         raise ValueError(f"cannot read IDX file {str(path)!r}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(
@@ -38,7 +41,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape)) if shape else 0
+    count = math.prod(shape) if shape else 0  # exact: no int64 overflow on absurd sizes
     if len(data) != header + count:
         raise ValueError(
             f"IDX file {str(path)!r} declares shape {shape} ({count} bytes) but holds "
@@ -65,7 +68,10 @@ def find_mnist_files(root: str | Path, train: bool) -> tuple[Path, Path] | None:
 
 
 def load_mnist(root: str | Path, train: bool = True) -> ArrayDataset:
-    """The training (60k) or test (10k) split under ``root``: (28, 28) grey images, classes "0".."9"."""
+    """The training (60k) or test (10k) split under ``root``: (28, 28) grey images, classes "0".."9".
+
+    A label outside 0..9 is a ``ValueError`` naming the file, the first such label and its index.
+    """
     files = find_mnist_files(root, train)
     if files is None:
         raise FileNotFoundError(
@@ -78,11 +84,16 @@ def load_mnist(root: str | Path, train: bool = True) -> ArrayDataset:
             f"MNIST files {str(files[0])!r} and {str(files[1])!r} disagree: images {images.shape}, "
             f"labels {labels.shape}"
         )
-    n_classes = max(10, int(labels.max()) + 1) if len(labels) else 10
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if len(bad):
+        raise ValueError(
+            f"MNIST labels file {str(files[1])!r} holds label {int(labels[bad[0]])} at index "
+            f"{int(bad[0])} ({len(bad)} labels in all outside 0..{NUM_CLASSES - 1})"
+        )
     return ArrayDataset(
         images[..., None],  # (N, 28, 28, 1)
         labels,
-        classes=[str(c) for c in range(n_classes)],
+        classes=[str(c) for c in range(NUM_CLASSES)],
         name="mnist",
         mean=MNIST_MEAN,
         std=MNIST_STD,

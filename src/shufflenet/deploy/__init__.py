@@ -6,7 +6,8 @@
 
 See :func:`optimize` for the backends, :mod:`.native` for the compiled engine, :mod:`.onnx` for ONNX export
 (the package's one exporter; :func:`fold_batchnorm` folds a whole model's batch norms for it) and ONNX
-Runtime, :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-copy speed, and
+Runtime, :mod:`.executorch` (ExecuTorch with every op delegated to XNNPACK) and :mod:`.ncnn` (ncnn through
+pnnx) for mobile engines (the ``[mobile]`` extra; import those modules directly), :func:`channel_shuffle_nhwc` for the channels-last shuffle at memory-copy speed, and
 ``shufflenet bench`` / ``benchmarks/inference.py`` for measurements.
 """
 

@@ -106,6 +106,7 @@ def optimize(
     strict: bool = False,
     onnx_path: str | None = None,
     verify: bool = False,
+    precision: str = "float32",
 ) -> nn.Module:
     """An inference-only copy of ``model`` running on ``backend``; ``model`` itself is never modified.
 
@@ -128,6 +129,10 @@ def optimize(
         onnx_path: keep the exported ONNX file here (``"onnxruntime"`` only).
         verify: run the eager model and the result once on a random input and raise if they differ by more
             than 1e-4 relative to the output's scale.
+        precision: ``"int8"`` runs an int8 model (:func:`shufflenet.quantize`, or a loaded int8 model file;
+            also chosen when ``model`` is one) on the native engine's int8 kernels, ``backend="native"`` only.
+            Without a compiler, or for a layout those kernels do not run, it warns and keeps the PyTorch int8
+            runtime (``strict=True``: raise instead).
 
     Returns:
         A :class:`DeployedModel` (``.backend`` says which engine runs).
@@ -136,6 +141,10 @@ def optimize(
         raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
+    if precision not in ("float32", "int8"):
+        raise ValueError(f"precision={precision!r} must be 'float32' or 'int8'")
+    if precision == "int8" or getattr(model, "precision", None) == "int8":
+        return _optimize_int8(model, backend, isa, threads, strict)
     src = copy.deepcopy(model).eval()
     for p in src.parameters():
         p.requires_grad_(False)
@@ -173,6 +182,31 @@ def optimize(
             OnnxRuntimeModule(data, threads=threads), "onnxruntime", backend, False
         )
     return _maybe_verify(model, result, input_size, verify)
+
+
+def _optimize_int8(
+    model: nn.Module, backend: str, isa: str | None, threads: int | None, strict: bool
+) -> DeployedModel:
+    if getattr(model, "precision", None) != "int8":
+        raise ValueError(
+            "precision='int8' needs an int8 model: quantize it first (shufflenet.quantize(model, "
+            "calibration_images)) or load an int8 model file"
+        )
+    if backend != "native":
+        raise ValueError(f"int8 models run on backend='native' (or as they are), not {backend!r}")
+    from .native import NativeUnavailable
+
+    try:
+        return DeployedModel(model.native(isa=isa, num_threads=threads), "native", backend, False)
+    except (NativeUnavailable, NotSupportedError) as e:
+        if strict:
+            raise NotSupportedError(f"native int8 backend unavailable: {e}") from e
+        warnings.warn(
+            f"shufflenet.deploy: native int8 backend unavailable ({e}); using the PyTorch int8 runtime",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return DeployedModel(model, "eager", backend, False, str(e))
 
 
 class _Frozen(nn.Module):

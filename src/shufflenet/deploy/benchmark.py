@@ -1,15 +1,29 @@
-"""Latency of one model on several backends, measured together (used by ``shufflenet bench`` and
+"""Latency of one model on several backends, each timed in its own process (``shufflenet bench`` and
 ``benchmarks/inference.py``).
 
-Method: every backend is built from the same weights and checked against eager PyTorch (max relative error),
-warmed up, then timed in interleaved rounds: each round times one forward pass of every backend, in an order
-that rotates from round to round, so that load from other processes, frequency changes and cache state hit all
-backends alike. Before each timed call the benchmark sleeps ``gap`` seconds (default 10 ms): the thread pools
-of PyTorch (OpenMP), ONNX Runtime and the native engine keep spinning for a while after a call, and without the
-gap those spinners would take the cores from whichever backend is timed next. Reported per backend: median, 10th and 90th percentile and minimum latency, images per second
-and achieved GFLOP/s (2 x multiply-adds of :func:`shufflenet.complexity.profile` per image / median latency),
-and the ratio of every pair of medians. The system load average before and after is recorded: on a busy machine
-medians are noisy, and the spread (p10-p90) says how much.
+Method, the way users run an engine: every backend is built and timed in a fresh worker process
+(``python -m shufflenet.deploy.benchmark --worker``, a JSON spec in, a JSON result out), so no other backend's
+thread pool (ONNX Runtime's spinning workers, OpenMP, XNNPACK's pool) is alive while it runs. The worker sets
+its thread count the way each engine documents it (``OMP_NUM_THREADS`` and ``torch.set_num_threads`` for
+PyTorch, ``intra_op_num_threads`` for ONNX Runtime, the native engine's pool size, ExecuTorch's thread pool
+for XNNPACK, ``opt.num_threads`` for ncnn), builds the backend from the same weights, checks it against eager
+PyTorch (max relative error), warms up and times ``runs`` forward passes back to back. Reported per backend:
+median, 10th and 90th percentile and minimum latency, images per second and achieved GFLOP/s
+(2 x multiply-adds of :func:`shufflenet.complexity.profile` per image / median latency).
+
+Machine load: before each worker starts, the parent samples ``/proc/stat`` over ``load_window`` seconds while
+it sleeps; during the timed loop the worker samples it again and subtracts its own CPU time (all of its
+threads). Both give the CPU time, in cores, that *other* processes used. When either exceeds
+:data:`BUSY_CORES` the result is marked busy and no figure of it should be read as a result: targets are not
+judged (:meth:`BenchResult.busy`).
+
+Backends: :data:`BENCH_BACKENDS` = those of :func:`shufflenet.deploy.optimize` plus ``"executorch"``
+(:mod:`.executorch`, a program at the benchmark's batch and size; ops XNNPACK does not take run on
+ExecuTorch's portable kernels and the engine column says how many) and ``"ncnn"`` (:mod:`.ncnn`, float32, one
+image after another as ncnn runs them).
+
+:func:`time_interleaved` / :func:`interleaved_latency` time several eager models within one process in
+rotating rounds (for comparisons of architectures in the analysis code, not of engines).
 """
 
 from __future__ import annotations
@@ -18,10 +32,14 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,15 +48,23 @@ from ..models import in_channels
 from .api import BACKENDS, optimize
 
 __all__ = [
+    "BENCH_BACKENDS",
+    "BUSY_CORES",
     "BackendResult",
     "BenchResult",
-    "run_benchmark",
-    "system_info",
+    "cpu_busy_other",
     "format_table",
     "interleaved_latency",
     "plot_result",
+    "run_benchmark",
+    "system_info",
     "time_interleaved",
 ]
+
+BENCH_BACKENDS = (*BACKENDS, "executorch", "ncnn")
+# CPU time of other processes, in cores, above which a measurement is not a result
+BUSY_CORES = 0.2
+_CL_BACKENDS = ("eager", "optimized", "compile")
 
 
 @dataclass
@@ -56,6 +82,11 @@ class BackendResult:
     min_ms: float | None = None
     images_per_s: float | None = None
     gflops: float | None = None
+    # other processes' CPU use before the worker starts, in cores
+    other_cores_before: float | None = None
+    # ... during the timed loop (the worker's own threads excluded)
+    other_cores_during: float | None = None
+    pid: int | None = None  # the worker process that built and timed it
     note: str | None = None
 
 
@@ -66,7 +97,7 @@ class BenchResult:
     threads: int
     input_size: int
     macs_per_image: int
-    rounds: int
+    runs: int
     backends: dict[str, BackendResult]
     ratios: dict[str, dict[str, float]]  # ratios[a][b] = median_a / median_b
     system: dict
@@ -77,9 +108,27 @@ class BenchResult:
         }
         return min(ok, key=lambda k: ok[k].median_ms) if ok else None
 
+    def max_other_cores(self) -> float | None:
+        """The most CPU (cores) other processes used before or during any backend's measurement."""
+        vals = [
+            v
+            for r in self.backends.values()
+            for v in (r.other_cores_before, r.other_cores_during)
+            if v is not None
+        ]
+        return max(vals) if vals else None
+
+    def busy(self, threshold: float = BUSY_CORES) -> bool:
+        """True when other processes used more than ``threshold`` cores around some measurement (or the load
+        could not be read): then no figure of this result is a result."""
+        m = self.max_other_cores()
+        return m is None or m > threshold
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fastest"] = self.fastest()
+        d["busy"] = self.busy()
+        d["max_other_cores"] = self.max_other_cores()
         return d
 
     def to_json(self) -> str:
@@ -97,6 +146,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:  # noqa: BLE001 - not installed
+        return None
+
+
 def system_info() -> dict:
     """CPU, cores, load average, library versions and the native engine's instruction set."""
     info: dict = {
@@ -107,12 +165,8 @@ def system_info() -> dict:
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
+    for pkg in ("onnxruntime", "executorch", "ncnn"):
+        info[pkg] = _version(pkg)
     from .native import NativeUnavailable, get_library
 
     try:
@@ -123,6 +177,53 @@ def system_info() -> dict:
         info["native_isa"] = None
         info["native_unavailable"] = str(e)
     return info
+
+
+# ----------------------------------------------------------------------------------------- machine load
+
+
+def _proc_stat_busy() -> float | None:
+    """Seconds of CPU time (all cores) spent not idle since boot, from ``/proc/stat``; None if unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already counted in user)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (all threads) and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class _LoadMeter:
+    """CPU use of other processes between :meth:`start` and :meth:`stop`, in cores (this process excluded)."""
+
+    def start(self) -> None:
+        self.busy0, self.own0, self.t0 = _proc_stat_busy(), _own_cpu(), time.monotonic()
+
+    def stop(self) -> float | None:
+        busy1, own1, t1 = _proc_stat_busy(), _own_cpu(), time.monotonic()
+        if self.busy0 is None or busy1 is None or t1 <= self.t0:
+            return None
+        other = (busy1 - self.busy0) - (own1 - self.own0)
+        return max(0.0, other) / (t1 - self.t0)
+
+
+def cpu_busy_other(window: float = 1.0) -> float | None:
+    """CPU time other processes used over ``window`` seconds (this one sleeps), in cores; None off Linux."""
+    meter = _LoadMeter()
+    meter.start()
+    time.sleep(window)
+    return meter.stop()
+
+
+# ---------------------------------------------------------------------------------------------- worker
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -191,168 +292,233 @@ def interleaved_latency(
     return out
 
 
-def _build(
-    model: nn.Module, name: str, threads: int, input_size: int
-) -> tuple[nn.Module | None, BackendResult]:
-    res = BackendResult(name)
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mod = optimize(
-                model, name, input_size=input_size, threads=threads, strict=(name == "native")
-            )
-    except ImportError as e:
-        res.status, res.reason = "skipped", str(e)
-        return None, res
-    except Exception as e:  # noqa: BLE001 - a backend that cannot run this model is reported, not fatal
-        res.status = "skipped" if name == "native" else "failed"
-        res.reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        return None, res
-    res.build_seconds = time.perf_counter() - t0
+def _load_model(spec: dict) -> nn.Module:
+    if spec.get("checkpoint"):
+        from ..model_file import load_model
+
+        return load_model(spec["checkpoint"])[0].eval()
+    from ..factory import create_model
+
+    return create_model(spec["model"], weights=spec.get("weights")).eval()
+
+
+def _build_backend(model: nn.Module, name: str, spec: dict, tmp: str):
+    """A callable running ``name`` and the engine label."""
+    threads, size, batch = spec["threads"], spec["input_size"], spec["batch"]
+    if name == "executorch":
+        from .executorch import ExecuTorchRunner, export_executorch
+
+        # a model with layers XNNPACK does not take (AlexNet's LRN) still runs, partly on portable kernels
+        res = export_executorch(model, None, input_size=size, batch=batch, allow_outside=True)
+        runner = ExecuTorchRunner(res.data, threads=threads)
+        return runner, f"executorch/xnnpack ({res.outside_count} ops outside)"
+    if name == "ncnn":
+        from .ncnn import NcnnRunner, export_ncnn
+
+        files = export_ncnn(model, tmp, input_size=size)
+        return NcnnRunner(files.param, files.bin, threads=threads), "ncnn (float32)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod = optimize(model, name, input_size=size, threads=threads, strict=(name == "native"))
     inner = getattr(mod, "inner", mod)
-    res.engine = name
-    if name == "native":
-        res.engine = f"native/{inner.isa_name}"
-    return mod, res
+    return mod, (f"native/{inner.isa_name}" if name == "native" else name)
+
+
+def _worker(spec: dict) -> dict:
+    """Build one backend in this process and time it; returns a :class:`BackendResult` as a dict."""
+    from .fold import NotSupportedError
+
+    name = spec["backend"]
+    res = BackendResult(name, pid=os.getpid())
+    torch.set_num_threads(spec["threads"])
+    model = _load_model(spec)
+    gen = torch.Generator().manual_seed(spec.get("seed", 0))
+    size, batch = spec["input_size"], spec["batch"]
+    x = torch.randn(batch, in_channels(model), size, size, generator=gen)
+    with torch.inference_mode():
+        ref = model(x)
+    if name in _CL_BACKENDS:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory(prefix="shufflenet-bench-") as tmp:
+        t0 = time.perf_counter()
+        try:
+            fn, res.engine = _build_backend(model, name, spec, tmp)
+        except ImportError as e:
+            res.status, res.reason = "skipped", str(e)
+            return asdict(res)
+        except NotSupportedError as e:
+            res.status, res.reason = "skipped", str(e).splitlines()[0][:300]
+            return asdict(res)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run this model is reported
+            res.status, res.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            return asdict(res)
+        res.build_seconds = time.perf_counter() - t0
+        out = fn(x)
+        res.max_rel_error = float(
+            (out.float() - ref.float()).abs().max() / ref.abs().max().clamp_min(1e-12)
+        )
+        for _ in range(spec["warmup"]):
+            fn(x)
+        meter = _LoadMeter()
+        meter.start()
+        for _ in range(spec["runs"]):
+            t = time.perf_counter()
+            fn(x)
+            res.times_ms.append((time.perf_counter() - t) * 1e3)
+        res.other_cores_during = meter.stop()
+    return asdict(res)
+
+
+def _run_worker(spec: dict, timeout: float) -> BackendResult:
+    env = dict(os.environ)
+    # OpenMP reads its thread count once, at start: set it before torch is imported (PyTorch's advice)
+    env["OMP_NUM_THREADS"] = str(spec["threads"])
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "shufflenet.deploy.benchmark", "--worker"]
+    try:
+        run = subprocess.run(
+            cmd, input=json.dumps(spec), capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return BackendResult(spec["backend"], "failed", f"worker took more than {timeout:.0f} s")
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
+    if run.returncode != 0 or not lines:
+        tail = " | ".join((run.stderr or "").strip().splitlines()[-3:])
+        return BackendResult(
+            spec["backend"], "failed", f"worker exited {run.returncode}: {tail[:300]}"
+        )
+    return BackendResult(**json.loads(lines[-1]))
 
 
 def run_benchmark(
     model: nn.Module | str,
     batch: int = 1,
     threads: int = 2,
-    backends: tuple[str, ...] | list[str] = BACKENDS,
+    backends: tuple[str, ...] | list[str] = BENCH_BACKENDS,
     input_size: int = 224,
-    rounds: int | None = None,
-    warmup: int = 3,
-    time_budget: float = 20.0,
-    min_rounds: int = 10,
-    max_rounds: int = 300,
-    gap: float = 0.01,
-    built: dict[str, tuple[nn.Module | None, BackendResult]] | None = None,
+    runs: int = 200,
+    warmup: int = 10,
+    load_window: float = 1.0,
+    weights: str | None = None,
+    timeout: float = 1800.0,
     log=None,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
 ) -> BenchResult:
-    """Measure ``model`` (a module or a registered name) on ``backends`` in interleaved rounds.
+    """Time ``model`` on each backend in its own worker process, one backend after the other.
 
     Args:
-        batch, threads, input_size: the workload (``torch.set_num_threads(threads)`` is applied; ONNX Runtime
-            and the native engine get the same thread count).
-        rounds: timed rounds; default: as many as fit ``time_budget`` seconds (at least ``min_rounds``).
-        warmup: untimed calls per backend before timing.
-        gap: seconds to sleep before each timed call (lets other backends' spinning threads go idle).
-        built: backends already built for this model and thread count (reused across batch sizes).
+        model: a registered name (with optional ``weights``), or a module built by
+            :func:`shufflenet.create_model` (or described by ``arch``/``arch_kwargs``), saved to a temporary
+            model file for the workers.
+        batch, threads, input_size: the workload; every engine gets ``threads`` threads.
+        runs: timed forward passes per backend (median and percentiles over them).
+        warmup: untimed passes first.
+        load_window: seconds over which other processes' CPU use is sampled before each worker starts.
+        timeout: seconds allowed to one worker (building included).
         log: ``print``-like callable for progress, or None.
     """
     from ..complexity import profile
-    from ..models import create_model
+    from ..factory import create_model
 
     say = log or (lambda *a, **k: None)
-    name = model if isinstance(model, str) else type(model).__name__
-    if isinstance(model, str):
-        model = create_model(model)
-    model = model.eval()
     for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"unknown backend {b!r}; choose from {BACKENDS}")
-    torch.set_num_threads(threads)
-    system = system_info()
-    macs = profile(model, input_size).macs
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, in_channels(model), input_size, input_size, generator=g)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        ref = model(x)
-    mods: dict[str, nn.Module] = {}
-    results: dict[str, BackendResult] = {}
-    for b in backends:
-        if built is not None and b in built:
-            mod, res = built[b]
-            res = BackendResult(res.name, res.status, res.reason, res.engine, res.build_seconds)
+        if b not in BENCH_BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {BENCH_BACKENDS}")
+    for k, v in (
+        ("batch", batch),
+        ("threads", threads),
+        ("input_size", input_size),
+        ("runs", runs),
+    ):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k}={v!r} must be a positive int")
+    with tempfile.TemporaryDirectory(prefix="shufflenet-bench-") as tmp:
+        spec: dict = {
+            "batch": batch,
+            "threads": threads,
+            "input_size": input_size,
+            "runs": runs,
+            "warmup": warmup,
+        }
+        if isinstance(model, str):
+            name = model
+            module = create_model(model, weights=weights).eval()
+            spec.update(model=model, weights=weights)
         else:
-            say(f"  building {b} ...")
-            mod, res = _build(model, b, threads, input_size)
-            if built is not None:
-                built[b] = (mod, res)
-        results[b] = res
-        if mod is None:
-            say(f"  {b}: {res.status} ({res.reason})")
-            continue
-        inp = x_cl if b in ("eager", "optimized", "compile") else x
-        try:
-            out = mod(inp)
-            res.max_rel_error = float(
-                (out.float() - ref.float()).abs().max() / ref.abs().max().clamp_min(1e-12)
+            from ..model_file import save_model
+
+            module = model.eval()
+            name = (
+                arch
+                or (getattr(model, "model_cfg", None) or {}).get("arch")
+                or type(model).__name__
             )
-            for _ in range(warmup):
-                mod(inp)
-        except Exception as e:  # noqa: BLE001
-            res.status, res.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            say(f"  {b}: failed ({res.reason})")
-            continue
-        mods[b] = mod
-    names = list(mods)
-    if rounds is None:
-        per_round = 0.0
-        for b in names:  # one more call each to estimate the cost of a round
-            inp = x_cl if b in ("eager", "optimized", "compile") else x
-            t0 = time.perf_counter()
-            mods[b](inp)
-            per_round += time.perf_counter() - t0
-        per_round += gap * len(names)
-        rounds = int(max(min_rounds, min(max_rounds, time_budget / max(per_round, 1e-6))))
-    say(f"  timing {len(names)} backends x {rounds} interleaved rounds")
-    native_stats = _native_stats() if "native" in names else None
-    calls = {
-        b: (lambda m=mods[b], i=(x_cl if b in ("eager", "optimized", "compile") else x): m(i))
-        for b in names
-    }
-    for b, ts in time_interleaved(calls, rounds, gap).items():
-        results[b].times_ms.extend(ts)
-    if native_stats is not None:
-        after = _native_stats()
-        runs = after["parallel_runs"] - native_stats["parallel_runs"]
-        serial = after["serial_fallbacks"] - native_stats["serial_fallbacks"]
-        if runs > 0 and serial > 0:
-            results["native"].note = (
-                f"{serial} of {runs} timed calls ran on one thread, measured faster for this model on this "
-                "machine now (SHUFFLENET_NATIVE_ADAPTIVE=1: probes, or a busy machine; see "
-                "shufflenet.deploy.native)"
-            )
-    for b in names:
-        res = results[b]
-        ts = res.times_ms
-        res.median_ms = statistics.median(ts)
-        res.p10_ms = _quantile(ts, 0.1)
-        res.p90_ms = _quantile(ts, 0.9)
-        res.min_ms = min(ts)
-        res.images_per_s = batch / (res.median_ms / 1e3)
-        res.gflops = 2.0 * macs * batch / (res.median_ms / 1e3) / 1e9
+            ckpt = Path(tmp) / "model.safetensors"
+            save_model(ckpt, model, arch=arch, arch_kwargs=arch_kwargs)
+            spec["checkpoint"] = str(ckpt)
+        macs = profile(module, input_size).macs
+        system = system_info()
+        results: dict[str, BackendResult] = {}
+        for b in backends:
+            before = cpu_busy_other(load_window) if load_window > 0 else None
+            say(f"  {b}: worker process ({threads} threads, batch {batch}, {runs} runs) ...")
+            res = _run_worker({**spec, "backend": b}, timeout)
+            res.other_cores_before = before
+            if res.status == "ok" and res.times_ms:
+                ts = res.times_ms
+                res.median_ms = statistics.median(ts)
+                res.p10_ms = _quantile(ts, 0.1)
+                res.p90_ms = _quantile(ts, 0.9)
+                res.min_ms = min(ts)
+                res.images_per_s = batch / (res.median_ms / 1e3)
+                res.gflops = 2.0 * macs * batch / (res.median_ms / 1e3) / 1e9
+                say(f"  {b}: median {res.median_ms:.3f} ms (p10 {res.p10_ms:.3f})")
+            else:
+                say(f"  {b}: {res.status} ({res.reason})")
+            results[b] = res
+    names = [b for b, r in results.items() if r.median_ms is not None]
     ratios = {a: {b: results[a].median_ms / results[b].median_ms for b in names} for a in names}
     system["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return BenchResult(name, batch, threads, input_size, macs, rounds, results, ratios, system)
+    return BenchResult(name, batch, threads, input_size, macs, runs, results, ratios, system)
 
 
-def _native_stats() -> dict[str, int]:
-    from .native import get_library
-
-    return get_library().stats()
+def busy_message(res: BenchResult) -> str | None:
+    """None on a quiet machine, else the sentence that says why the figures are not results."""
+    if not res.busy():
+        return None
+    m = res.max_other_cores()
+    if m is None:
+        return (
+            "the machine's load could not be read: figures are not results, targets are not judged"
+        )
+    return (
+        f"BUSY machine: other processes used up to {m:.2f} cores around the measurements (threshold "
+        f"{BUSY_CORES}): figures are not results, targets are not judged"
+    )
 
 
 def format_table(res: BenchResult) -> str:
-    """A plain-text report: one row per backend, then the ratio matrix and the conditions."""
+    """A plain-text report: one row per backend, then the ratio matrix and the load."""
     lines = [
         f"{res.model}  batch {res.batch}  threads {res.threads}  input {res.input_size}x{res.input_size}  "
-        f"{res.macs_per_image / 1e6:.1f}M multiply-adds/image  {res.rounds} interleaved rounds",
+        f"{res.macs_per_image / 1e6:.1f}M multiply-adds/image  {res.runs} runs per backend, "
+        "each backend in its own process",
         f"{'backend':<12} {'median ms':>10} {'p10-p90 ms':>16} {'min ms':>8} {'images/s':>10} {'GFLOP/s':>8} "
-        f"{'max rel err':>11}  engine",
+        f"{'max rel err':>11} {'other cores':>11}  engine",
     ]
     for b, r in res.backends.items():
         if r.status != "ok" or r.median_ms is None:
             lines.append(f"{b:<12} {r.status}: {r.reason}")
             continue
+        load = max(
+            (v for v in (r.other_cores_before, r.other_cores_during) if v is not None), default=None
+        )
         lines.append(
             f"{b:<12} {r.median_ms:>10.3f} {r.p10_ms:>7.3f}-{r.p90_ms:<8.3f} {r.min_ms:>8.3f} "
-            f"{r.images_per_s:>10.1f} {r.gflops:>8.1f} {r.max_rel_error:>11.1e}  {r.engine}"
+            f"{r.images_per_s:>10.1f} {r.gflops:>8.1f} {r.max_rel_error:>11.1e} "
+            f"{'-' if load is None else f'{load:.2f}':>11}  {r.engine}"
         )
     names = list(res.ratios)
     if len(names) > 1:
@@ -367,14 +533,12 @@ def format_table(res: BenchResult) -> str:
     fast = res.fastest()
     if fast:
         lines.append(f"fastest: {fast}")
-    la, lb = res.system.get("loadavg"), res.system.get("loadavg_after")
-    if la:
-        cores = res.system.get("cores") or 1
-        busy = max(la[0], (lb or la)[0]) > 0.5 * cores
-        note = "  (BUSY machine: medians are noisy, compare the p10 column too)" if busy else ""
-        lines.append(
-            f"load average before {la[0]:.2f}, after {(lb or la)[0]:.2f} on {cores} cores{note}"
-        )
+    msg = busy_message(res)
+    lines.append(
+        msg
+        or f"quiet machine: other processes used at most {res.max_other_cores():.2f} cores around the "
+        "measurements"
+    )
     return "\n".join(lines)
 
 
@@ -402,10 +566,14 @@ def plot_result(res: BenchResult, path: str) -> None:
                 ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points",
             )  # fmt: skip
     ax.set_ylabel("median latency per batch (ms)")
-    la = res.system.get("loadavg")
+    m = res.max_other_cores()
     ax.set_title(
         f"{res.model}, batch {res.batch}, {res.threads} threads, {res.input_size}px"
-        + (f"\nload avg {la[0]:.1f} on {res.system.get('cores')} cores" if la else ""),
+        + (
+            f"\nother processes: up to {m:.2f} cores" + (" (BUSY)" if res.busy() else "")
+            if m is not None
+            else ""
+        ),
         fontsize=9,
     )
     ax.margins(y=0.25)
@@ -413,3 +581,20 @@ def plot_result(res: BenchResult, path: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _main() -> int:
+    if sys.argv[1:] != ["--worker"]:
+        print(
+            "usage: python -m shufflenet.deploy.benchmark --worker  (JSON spec on stdin)",
+            file=sys.stderr,
+        )
+        return 2
+    spec = json.loads(sys.stdin.read())
+    result = _worker(spec)
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

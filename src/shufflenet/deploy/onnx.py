@@ -65,6 +65,10 @@ OUTPUT_NAME = "logits"
 DEFAULT_EXPORTER = "auto"
 DEFAULT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
+# opsets the TorchScript exporter is asked for here: 11 (the oldest mobile toolchains still take) to its newest
+TORCHSCRIPT_OPSETS = range(11, 21)
+# the dynamo exporter writes opset 18 or newer (it converts a request for an older one upward)
+DYNAMO_MIN_OPSET = 18
 
 
 def require_onnx(*modules: str):
@@ -99,7 +103,7 @@ def export_onnx(
     input_size: int | tuple[int, int] = 224,
     dynamic: bool = True,
     *,
-    opset: int | None = DEFAULT_OPSET,
+    opset: int | None = None,
     in_chans: int | None = None,
     fold: bool = True,
     exporter: str = DEFAULT_EXPORTER,
@@ -118,7 +122,9 @@ def export_onnx(
         input_size: height = width (or ``(h, w)``) of the example input used for tracing, pixels.
         dynamic: mark the batch dynamic (input and output), and height and width unless
             ``dynamic_spatial=False``; ``False``: every dimension fixed to the example's.
-        opset: ONNX opset; ``None``: the exporter's default (the dynamo exporter writes 18 or newer).
+        opset: ONNX opset, honoured exactly or refused (:class:`ValueError`): 11-20 with the TorchScript
+            exporter, 18 or newer with the dynamo exporter; ``None``: :data:`DEFAULT_OPSET` with the TorchScript
+            exporter, the dynamo exporter's own default. The written file's opset is checked against it.
         in_chans: input channels (default: those of the first convolution).
         exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``, fast), ``"dynamo"``, or ``"auto"``:
             TorchScript unless the model has adaptive pooling to a size other than 1 and the spatial size is
@@ -138,6 +144,10 @@ def export_onnx(
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r} must be 'auto', 'torchscript' or 'dynamo'")
+    if opset is not None and (not isinstance(opset, int) or opset < TORCHSCRIPT_OPSETS[0]):
+        raise ValueError(
+            f"opset={opset!r} is not supported: the oldest opset exported here is {TORCHSCRIPT_OPSETS[0]}"
+        )
     src = copy.deepcopy(model).eval().float().cpu().to(memory_format=torch.contiguous_format)
     if fold:
         fold_batchnorm(src)
@@ -151,6 +161,17 @@ def export_onnx(
             for m in src.modules()
         )
         exporter = "dynamo" if fixed_pool and dynamic and dynamic_spatial else "torchscript"
+        if exporter == "dynamo" and opset is not None and opset < DYNAMO_MIN_OPSET:
+            raise ValueError(
+                f"opset={opset}: {type(model).__name__} has adaptive pooling to a fixed size, which only the "
+                f"dynamo exporter makes dynamic, and it writes opset {DYNAMO_MIN_OPSET} or newer; export with a "
+                "fixed spatial size (dynamic_spatial=False, --static-size) for this opset"
+            )
+    _check_opset(exporter, opset)
+    if exporter == "torchscript" or fallback:
+        _swap_shuffles(
+            src
+        )  # Reshape-Transpose-Reshape at any opset (no aten::unflatten, which needs 13)
     full = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, output_name: {0: "batch"}}
     batch_only = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}
     axes = (full if dynamic_spatial else batch_only) if dynamic else None
@@ -158,7 +179,10 @@ def export_onnx(
     attempts = [(exporter, axes)]
     if fallback:
         other = "dynamo" if exporter == "torchscript" else "torchscript"
-        for kind in (exporter, other):
+        kinds = [exporter]
+        if _opset_ok(other, opset):  # never fall back to an exporter that would write another opset
+            kinds.append(other)
+        for kind in kinds:
             for a in (axes, batch_only) if axes is full else (axes,):
                 if (kind, a) not in attempts:
                     attempts.append((kind, a))
@@ -170,7 +194,7 @@ def export_onnx(
             with warnings.catch_warnings(), torch.no_grad(), _quiet():
                 warnings.simplefilter("ignore")
                 if kind == "torchscript":
-                    opts = {} if opset is None else {"opset_version": opset}
+                    opts = {"opset_version": DEFAULT_OPSET if opset is None else opset}
                     torch.onnx.export(
                         src, (x,), buf, input_names=[INPUT_NAME], output_names=[output_name],
                         dynamic_axes=ax, dynamo=False, do_constant_folding=True, **opts,
@@ -200,12 +224,88 @@ def export_onnx(
         raise RuntimeError(
             f"ONNX export of {type(model).__name__} failed{hint}:\n" + "\n".join(errors)
         )
+    if opset is not None:
+        written = _written_opset(data)
+        if written is not None and written != opset:
+            raise RuntimeError(
+                f"opset {opset} was asked for but the {kind} exporter wrote opset {written}; nothing was written"
+            )
     if metadata is not None:
         data = _with_metadata(data, metadata)
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(data)
     return data
+
+
+def _opset_ok(exporter: str, opset: int | None) -> bool:
+    if opset is None:
+        return True
+    if exporter == "dynamo":
+        return opset >= DYNAMO_MIN_OPSET
+    return opset in TORCHSCRIPT_OPSETS
+
+
+def _check_opset(exporter: str, opset: int | None) -> None:
+    """Refuse an opset the chosen exporter would not write as asked."""
+    if _opset_ok(exporter, opset):
+        return
+    if exporter == "dynamo":
+        raise ValueError(
+            f"opset={opset}: the dynamo exporter writes opset {DYNAMO_MIN_OPSET} or newer; use the TorchScript "
+            f"exporter (exporter='torchscript', --exporter torchscript) for opsets {TORCHSCRIPT_OPSETS[0]}-17"
+        )
+    raise ValueError(
+        f"opset={opset}: the TorchScript exporter writes opsets {TORCHSCRIPT_OPSETS[0]}-"
+        f"{TORCHSCRIPT_OPSETS[-1]}; use the dynamo exporter for a newer one"
+    )
+
+
+def _written_opset(data: bytes) -> int | None:
+    """The default-domain opset of a serialized model (None without the onnx package)."""
+    try:
+        onnx = importlib.import_module("onnx")
+    except ImportError:
+        return None
+    proto = onnx.load_from_string(data)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+class _ReshapeShuffle(nn.Module):
+    """Channel shuffle as reshape -> transpose -> reshape with an inferred size: the same permutation as
+    :class:`~shufflenet.ops.ChannelShuffle` (``inverse``: :class:`~shufflenet.ops.ChannelUnshuffle`), and
+    exportable at every opset (``unflatten`` needs opset 13)."""
+
+    def __init__(self, groups: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.groups = groups
+        self.inverse = inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[1]
+        rest = x.shape[2:]
+        if self.inverse:
+            y = x.reshape(n, -1, self.groups, *rest)  # (N, C/g, g, *S)
+        else:
+            y = x.reshape(n, self.groups, -1, *rest)  # (N, g, C/g, *S)
+        return y.transpose(1, 2).reshape(n, c, *rest)  # (N, C, *S)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, inverse={self.inverse}"
+
+
+def _swap_shuffles(model: nn.Module) -> int:
+    """Replace every ChannelShuffle / ChannelUnshuffle of ``model`` (a copy) by :class:`_ReshapeShuffle`."""
+    from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ChannelShuffle | ChannelUnshuffle):
+                inverse = isinstance(child, ChannelUnshuffle)
+                setattr(parent, name, _ReshapeShuffle(child.groups, inverse))
+                count += 1
+    return count
 
 
 def _with_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:

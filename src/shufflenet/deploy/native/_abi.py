@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 OP_PACK, OP_CONV, OP_PW, OP_DW, OP_POOL, OP_GAP, OP_FC = 1, 2, 3, 4, 5, 6, 7
+OP_QPACK, OP_QCONV, OP_QPW, OP_QDW, OP_QMAX, OP_QGAP, OP_QOUT = 8, 9, 10, 11, 12, 13, 14
 ACT_NONE, ACT_RELU = 0, 1
 POOL_MAX, POOL_AVG = 0, 1
 ISA_NAMES = ("generic", "avx2", "avx512")
@@ -41,6 +42,12 @@ class SnOp(ctypes.Structure):
         ("b", ctypes.c_void_p),
         ("koff", ctypes.c_void_p),
         ("masks", ctypes.c_void_p),
+        ("qflags", _i32),
+        ("lo", _i32),
+        ("hi", _i32),
+        ("m_res", ctypes.c_float),
+        ("m", ctypes.c_void_p),
+        ("comp", ctypes.c_void_p),
     ]
 
 
@@ -51,7 +58,7 @@ class SnPlan(ctypes.Structure):
         ("batch", _i32),
         ("mode", _i32),
         ("nsets", _i32),
-        ("reserved", _i32),
+        ("adaptive", _i32),
         ("ops", ctypes.POINTER(SnOp)),
         ("slot_cs", ctypes.POINTER(ctypes.c_int64)),
         ("slot_img", ctypes.POINTER(ctypes.c_int64)),

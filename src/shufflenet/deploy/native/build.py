@@ -7,6 +7,11 @@ is asked for. The result is cached under ``$SHUFFLENET_CACHE/native/<key>/`` (de
 and its flags, so an upgrade or another compiler rebuilds. Concurrent first uses (e.g. ``pytest -n``) build
 once, under a file lock.
 
+Beside the library, ``manifest.json`` records the variants built and the SHA-256 and size of the library
+(written atomically, after the library). A cached library is used only when it matches its manifest; a damaged
+one (a truncated file would otherwise crash the process with SIGBUS when it is mapped) is rebuilt, with a
+warning; a library without a manifest (a build stopped before writing it) is rebuilt too. Temporary ``build-*`` directories left by a compile that was killed are removed at the next use.
+
 On x86-64 the kernels are compiled three times, for AVX-512 (``-mavx512f -mavx512vl -mavx512bw -mavx512dq``),
 AVX2 + FMA and plain x86-64, into one library that picks the best set the CPU supports at run time
 (``__builtin_cpu_supports``); elsewhere only the portable build is made. A variant that the compiler cannot build
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -29,9 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ...utils import atomic_write
 
 __all__ = [
     "NativeBuildError",
@@ -43,7 +52,9 @@ __all__ = [
 ]
 
 LIB_NAME = "libshufflenet_native.so"
-_SOURCES = ("sn_native.h", "sn_simd.h", "sn_vtab.h", "sn_kernels.c", "sn_runtime.c")
+MANIFEST_NAME = "manifest.json"
+_OLD_MANIFEST_NAME = "variants.txt"  # the plain list of variants of earlier caches (no hash)
+_SOURCES = ("sn_native.h", "sn_simd.h", "sn_vtab.h", "sn_int8.h", "sn_kernels.c", "sn_runtime.c")
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 # (name, ISA number, extra flags); the portable variant is always built.
 _VARIANTS = (
@@ -136,6 +147,58 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _file_digest(path: Path) -> tuple[str, int]:
+    """(SHA-256 hex digest, size in bytes) of ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest(), path.stat().st_size
+
+
+def _write_manifest(out_dir: Path, variants: list[str]) -> None:
+    digest, size = _file_digest(out_dir / LIB_NAME)
+    record = {"variants": variants, "sha256": digest, "bytes": size}
+    with atomic_write(out_dir / MANIFEST_NAME) as f:
+        json.dump(record, f)
+        f.write("\n")
+    (out_dir / _OLD_MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def _verified_variants(out_dir: Path) -> tuple[tuple[str, ...] | None, str | None]:
+    """``(variants, None)`` when the cached library matches its manifest, else ``(None, why)``.
+
+    ``why`` is ``None`` when there is nothing to verify (no library, or no manifest: a build stopped before
+    writing it, or a cache written before manifests existed) and names the damage otherwise.
+    """
+    lib, manifest = out_dir / LIB_NAME, out_dir / MANIFEST_NAME
+    if not lib.is_file() or not manifest.exists():
+        return None, None
+    try:
+        record = json.loads(manifest.read_text())
+        variants, want, size = record["variants"], record["sha256"], record["bytes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"its manifest {str(manifest)!r} is unreadable ({type(e).__name__}: {e})"
+    if not (isinstance(variants, list) and all(isinstance(v, str) for v in variants)):
+        return None, f"its manifest {str(manifest)!r} is malformed"
+    try:
+        digest, actual = _file_digest(lib)
+    except OSError as e:
+        return None, f"it cannot be read ({e})"
+    if (digest, actual) != (want, size):
+        return None, (
+            f"it does not match the hash recorded when it was built ({actual} bytes, expected {size})"
+        )
+    return tuple(variants), None
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Delete ``build-*`` directories of killed compiles; call with the build lock held."""
+    for d in out_dir.glob("build-*"):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -159,13 +222,23 @@ def build_library(force: bool = False, verbose: bool = False) -> BuildInfo:
     key = _build_key(cc)
     out_dir = cache_root() / "native" / key
     lib = out_dir / LIB_NAME
-    manifest = out_dir / "variants.txt"
-    if lib.exists() and manifest.exists() and not force:
-        return BuildInfo(lib, cc, tuple(manifest.read_text().split()), False, 0.0)
+    if not force:
+        variants, _ = _verified_variants(out_dir)
+        if variants is not None and not any(out_dir.glob("build-*")):
+            return BuildInfo(lib, cc, variants, False, 0.0)
     t0 = time.perf_counter()
     with _file_lock(cache_root() / "native" / f".{key}.lock"):
-        if lib.exists() and manifest.exists() and not force:
-            return BuildInfo(lib, cc, tuple(manifest.read_text().split()), False, 0.0)
+        _remove_stale_builds(out_dir)  # no other build of this key runs while the lock is held
+        if not force:
+            variants, why = _verified_variants(out_dir)
+            if variants is not None:
+                return BuildInfo(lib, cc, variants, False, 0.0)
+            if why is not None:
+                warnings.warn(
+                    f"the cached native library {str(lib)!r} is not used: {why}; rebuilding it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="build-", dir=out_dir) as tmp_s:
             tmp = Path(tmp_s)
@@ -219,6 +292,8 @@ def build_library(force: bool = False, verbose: bool = False) -> BuildInfo:
                 raise NativeBuildError(
                     f"linking the native engine failed:\n$ {' '.join(cmd)}\n{out}"
                 )
+            with open(tmp_lib, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp_lib, lib)
-            manifest.write_text(" ".join(ok) + "\n")
+            _write_manifest(out_dir, ok)
     return BuildInfo(lib, cc, tuple(ok), True, time.perf_counter() - t0)

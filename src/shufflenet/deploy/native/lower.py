@@ -46,6 +46,10 @@ from ._abi import (
     OP_GAP,
     OP_POOL,
     OP_PW,
+    OP_QCONV,
+    OP_QDW,
+    OP_QGAP,
+    OP_QMAX,
     POOL_AVG,
     POOL_MAX,
 )
@@ -79,13 +83,21 @@ class Op:
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
     kidx: np.ndarray | None = None  # PW: [groups * K] input channel of each reduction row
-    # PW, FC, CONV: weights repacked for the instruction set (set by NativeModule)
+    # PW, FC, CONV: weights repacked for the instruction set (set by NativeModule); int8 ops: packed words
     wp: torch.Tensor | None = None
+    # int8 ops (see csrc/sn_int8.h): requantisation, clamp, signedness, and the op's int32 table (koff)
+    m: torch.Tensor | None = None
+    comp: torch.Tensor | None = None
+    m_res: float = 0.0
+    lo: int = 0
+    hi: int = 0
+    qflags: int = 0
+    table: np.ndarray | None = None
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.kind in (OP_GAP, OP_FC):
+        if self.kind in (OP_GAP, OP_FC, OP_QGAP):
             return 1, 1
-        if self.kind in (OP_CONV, OP_DW, OP_POOL) and self.stride == 2:
+        if self.kind in (OP_CONV, OP_DW, OP_POOL, OP_QCONV, OP_QDW, OP_QMAX) and self.stride == 2:
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         if self.kind == OP_CONV and self.pool:  # fused 3x3/2 max pool
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
@@ -149,8 +161,8 @@ def _conv(prog: Program, x: int, conv: nn.Conv2d, bn: nn.Module | None, act: int
     w, b = fold_conv_bn(conv, bn)
     w, b = _f32(w), _f32(b)
     if k == (1, 1) and s == (1, 1) and p == (0, 0):
-        kk, nn_ = cin // g, cout // g
-        wt = w.reshape(g, nn_, kk).permute(0, 2, 1).contiguous()  # [g][K][N]
+        k_in, n_out = cin // g, cout // g
+        wt = w.reshape(g, n_out, k_in).permute(0, 2, 1).contiguous()  # [g][K][N]
         kidx = np.arange(cin, dtype=np.int32)
         y = prog.new_value(cout)
         prog.ops.append(
@@ -162,8 +174,8 @@ def _conv(prog: Program, x: int, conv: nn.Conv2d, bn: nn.Module | None, act: int
                 cin=cin,
                 cout=cout,
                 groups=g,
-                K=kk,
-                N=nn_,
+                K=k_in,
+                N=n_out,
                 w=wt,
                 b=b,
                 kidx=kidx,
@@ -279,9 +291,8 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
     w, b = fold_conv_bn(dw_conv, dw_bn)
     w, b = _f32(w).reshape(mid, 9), _f32(b)
     if perm is not None and u.shuffle_position == "before_dw":
-        inv = invert_permutation(
-            perm
-        )  # (a per-channel activation commutes with the permutation too)
+        # (a per-channel activation commutes with the permutation too)
+        inv = invert_permutation(perm)
         w, b = w[inv].contiguous(), b[inv].contiguous()
     k, s, p = dw_conv.kernel_size, dw_conv.stride, dw_conv.padding
     if k != (3, 3) or p != (1, 1) or dw_conv.groups != mid or s[0] != s[1] or s[0] not in (1, 2):
@@ -298,8 +309,8 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
     we, be = fold_conv_bn(ex, getattr(u.expand, "bn", None))
     we, be = _f32(we), _f32(be)
     branch = ex.out_channels
-    kk, nn_ = mid // g, branch // g
-    wt = we.reshape(g, nn_, kk).permute(0, 2, 1).contiguous()
+    k_in, n_out = mid // g, branch // g
+    wt = we.reshape(g, n_out, k_in).permute(0, 2, 1).contiguous()
     kidx = (perm if perm is not None else torch.arange(mid)).numpy().astype(np.int32)
     if u.stride == 1:
         if branch != cin:
@@ -317,8 +328,8 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
                 cin=mid,
                 cout=branch,
                 groups=g,
-                K=kk,
-                N=nn_,
+                K=k_in,
+                N=n_out,
                 w=wt,
                 b=be,
                 kidx=kidx,
@@ -328,7 +339,8 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
     if not isinstance(u.shortcut, nn.AvgPool2d):
         raise NotSupportedError("stride-2 ShuffleUnit without an AvgPool2d shortcut")
     y = prog.new_value(cin + branch)
-    _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)  # concat: pooled input in channels [0, cin)
+    # concatenation: the pooled input in channels [0, cin), the branch after it
+    _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)
     prog.ops.append(
         Op(
             OP_PW,
@@ -339,8 +351,8 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
             cin=mid,
             cout=branch,
             groups=g,
-            K=kk,
-            N=nn_,
+            K=k_in,
+            N=n_out,
             w=wt,
             b=be,
             kidx=kidx,
@@ -496,7 +508,7 @@ def _lower_call(prog: Program, env: dict[str, int], node: torch.fx.Node) -> int:
     rest = list(node.args[1:])
     kw = dict(node.kwargs)
     if t in ("flatten", torch.flatten):
-        start = rest[0] if rest else kw.get("start_dim", 0 if t is torch.flatten else 0)
+        start = rest[0] if rest else kw.get("start_dim", 0)
         end = rest[1] if len(rest) > 1 else kw.get("end_dim", -1)
         if start == 1 and end == -1 and prog.values[src].flat:
             return src

@@ -4,20 +4,29 @@ A program is bound to each input shape (batch, height, width, threads) once: spa
 activations get workspace slots (reused when dead; a slot holds values of one spatial size and layout, so the
 zero halo around the planes that a stride-1 depthwise conv reads stays zero; other planes are compact),
 1x1-conv row offsets and depthwise border masks are computed, and the C structs are built.
-A forward pass is then one ctypes call that releases the GIL.
+A forward pass is then one ctypes call that releases the GIL. How many threads a call uses and how it splits
+the work is decided here, in :func:`thread_plan`; the C runtime carries that out.
+
+Environment (both read once per process):
+    SHUFFLENET_NATIVE_ADAPTIVE=1: see :func:`thread_plan`.
+    SHUFFLENET_NATIVE_SPIN_US: microseconds an idle pool thread spins before it sleeps (default 50; a thread
+        waiting for another op spins at most 20 of them). Read by the C runtime when its pool starts. Lower
+        it on a machine shared with other busy processes, raise it for the lowest latency on an idle one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._abi import (
+    ISA_NAMES,
     OP_CONV,
     OP_DW,
     OP_FC,
@@ -25,13 +34,20 @@ from ._abi import (
     OP_PACK,
     OP_POOL,
     OP_PW,
+    OP_QCONV,
+    OP_QDW,
+    OP_QGAP,
+    OP_QMAX,
+    OP_QOUT,
+    OP_QPACK,
+    OP_QPW,
     SnOp,
     SnPlan,
 )
 from ._lib import NativeLibrary, get_library
 from .lower import Op, Program, lower
 
-__all__ = ["NativeModule", "halo_geometry"]
+__all__ = ["NativeModule", "ThreadPlan", "halo_geometry", "thread_plan"]
 
 _MAX_BOUND = 8  # input shapes kept bound per module
 
@@ -49,7 +65,7 @@ def halo_geometry(h: int, w: int) -> tuple[int, int]:
 
 def _reads_raw_ok(op: Op) -> bool:
     """Ops that mask every load, so they may read the caller's plain NCHW planes directly."""
-    return op.kind == OP_CONV or (op.kind in (OP_DW, OP_POOL) and op.stride == 2)
+    return op.kind in (OP_CONV, OP_QPACK) or (op.kind in (OP_DW, OP_POOL) and op.stride == 2)
 
 
 @dataclass
@@ -60,185 +76,300 @@ class _Bound:
     batch: int
 
 
-def _bind(
-    prog: Program, lib: NativeLibrary, isa: int, n: int, c: int, h: int, w: int, threads: int
-) -> _Bound:
+# ----------------------------------------------------------------------------------------- thread policy
+
+_ADAPTIVE = os.environ.get("SHUFFLENET_NATIVE_ADAPTIVE", "").strip() == "1"
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How a call runs: ``threads`` in total; ``mode`` 0 (all threads on one image at a time, ops cut into
+    chunks) or 1 (one image per thread); ``nsets`` workspace sets (one per thread in mode 1); ``adaptive``:
+    mode 0 may run on one thread when that measures faster (see :func:`thread_plan`)."""
+
+    threads: int
+    mode: int
+    nsets: int
+    adaptive: bool
+
+
+def thread_plan(batch: int, requested: int | None) -> ThreadPlan:
+    """The engine's thread policy, all of it (the C runtime only carries it out).
+
+    ``requested`` threads (default ``torch.get_num_threads()`` at call time) are used as given. A batch of at
+    least that many images runs one image per thread with no synchronisation; a smaller batch runs its images
+    one after another with all threads on each. ``SHUFFLENET_NATIVE_ADAPTIVE=1`` (read once per process) lets
+    the latter measure, per bound model, its wall time with all threads and with one, and use the faster
+    (median of the last 8 runs; every 16th run tries the other, to follow the load): on a machine whose cores
+    are busy with other processes, the thread an op waits for is often not running.
+    """
+    threads = max(1, int(requested or torch.get_num_threads()))
+    if threads > 1 and batch >= threads:
+        return ThreadPlan(threads, 1, threads, False)
+    return ThreadPlan(threads, 0, 1, _ADAPTIVE and threads > 1)
+
+
+# ----------------------------------------------------------------------------------------------- binding
+
+
+def _with_input_pack(prog: Program, c: int) -> tuple[list[Op], list[bool], list[int]]:
+    """The program's ops, with a copy of the input into halo planes first when an op needs those
+    (the caller's input is plain NCHW); and each value's flatness and channels."""
     ops: list[Op] = list(prog.ops)
-    nvals = len(prog.values)
     flat = [v.flat for v in prog.values]
     chans = [v.channels for v in prog.values]
-    # the input is read by an op that needs halo planes: pack it first
-    remap = {}
-    if any(op.src == 0 and not _reads_raw_ok(op) or op.res == 0 for op in ops):
-        packed = nvals
-        nvals += 1
-        flat.append(False)
-        chans.append(c)
-        remap[0] = packed
-        ops = [Op(OP_PACK, 0, packed, cin=c, cout=c)] + [
-            Op(
-                **{
-                    **op.__dict__,
-                    "src": remap.get(op.src, op.src),
-                    "res": remap.get(op.res, op.res),
-                }
-            )
-            for op in ops
-        ]
-    # spatial sizes
+    if not any(op.src == 0 and not _reads_raw_ok(op) or op.res == 0 for op in ops):
+        return ops, flat, chans
+    packed = len(flat)
+    flat.append(False)
+    chans.append(c)
+
+    def moved(op: Op) -> Op:
+        return replace(
+            op, src=packed if op.src == 0 else op.src, res=packed if op.res == 0 else op.res
+        )
+
+    return [Op(OP_PACK, 0, packed, cin=c, cout=c)] + [moved(op) for op in ops], flat, chans
+
+
+def _spatial_sizes(ops: list[Op], h: int, w: int) -> dict[int, tuple[int, int]]:
+    """(H, W) of every value for an ``h x w`` input."""
     hw: dict[int, tuple[int, int]] = {0: (h, w)}
     for op in ops:
         sh, sw = hw[op.src]
-        if op.kind in (OP_CONV, OP_DW, OP_POOL) and op.stride == 2 and (sh < 1 or sw < 1):
+        if op.stride == 2 and (sh < 1 or sw < 1):
             raise ValueError(f"input {h}x{w} is too small for this model")
         out = op.out_hw(sh, sw)
         if op.dst in hw and hw[op.dst] != out:
             raise ValueError(f"inconsistent spatial sizes {hw[op.dst]} vs {out} (input {h}x{w})")
         hw[op.dst] = out
-    out_v = prog.output
-    # liveness and slots: 0 = input, 1 = output, 2.. = workspace, one spatial size per slot
-    first_def: dict[int, int] = {}
+    return hw
+
+
+@dataclass
+class _Slots:
+    """Slot of every value: 0 = input, 1 = output, 2.. = workspace buffers, reused once their value is
+    dead. ``key[s]``: ("flat",) or (layout, H, W), one per slot; ``cap[s]``: channels it must hold."""
+
+    of: dict[int, int]
+    key: list[tuple]
+    cap: list[int]
+
+
+def _assign_slots(
+    ops: list[Op], flat: list[bool], chans: list[int], hw: dict, out_v: int
+) -> _Slots:
     last_use: dict[int, int] = {}
     for i, op in enumerate(ops):
-        first_def.setdefault(op.dst, i)
         for v in (op.src, op.res):
             if v >= 0:
                 last_use[v] = i
     # only the input of a stride-1 depthwise conv needs the zero halo; the rest are compact planes
     halo = {op.src for op in ops if op.kind == OP_DW and op.stride == 1}
-    slot_of: dict[int, int] = {0: 0, out_v: 1}
-    slot_key: list[tuple] = [(), ()]
-    slot_cap: list[int] = [0, 0]
+    slots = _Slots({0: 0, out_v: 1}, [(), ()], [0, 0])
     free: list[int] = []
     live: list[int] = []
     for i, op in enumerate(ops):
         for v in [v for v in live if last_use.get(v, -1) < i]:
             live.remove(v)
-            free.append(slot_of[v])
+            free.append(slots.of[v])
         v = op.dst
-        if v in slot_of:
+        if v in slots.of:
             continue
         key = ("flat",) if flat[v] else ("halo" if v in halo else "compact", *hw[v])
-        pick = next((s for s in free if slot_key[s] == key), None)
+        pick = next((s for s in free if slots.key[s] == key), None)
         if pick is None:
-            pick = len(slot_key)
-            slot_key.append(key)
-            slot_cap.append(0)
+            pick = len(slots.key)
+            slots.key.append(key)
+            slots.cap.append(0)
         else:
             free.remove(pick)
-        slot_of[v] = pick
-        slot_cap[pick] = max(slot_cap[pick], chans[v])
+        slots.of[v] = pick
+        slots.cap[pick] = max(slots.cap[pick], chans[v])
         live.append(v)
-    nslots = len(slot_key)
-    # plane strides
-    slot_cs = [0] * nslots
-    slot_img = [0] * nslots
-    slot_cs[0], slot_img[0] = h * w, c * h * w
-    oh, ow = hw[out_v]
-    out_c = chans[out_v]
-    if flat[out_v]:
-        slot_cs[1], slot_img[1] = 1, out_c
+    return slots
+
+
+@dataclass
+class _Workspace:
+    cs: list[int]  # plane stride of each slot (floats)
+    img: list[int]  # image stride of slots 0 and 1 (floats)
+    ws: ctypes.Array  # [nsets][nslots] channel-0 pointers of the workspace slots
+    buffer: torch.Tensor
+    out_shape: tuple[int, ...]
+
+
+def _workspace(
+    slots: _Slots,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    out_c: int,
+    out_hw: tuple[int, int] | None,
+    nsets: int,
+) -> _Workspace:
+    """Plane strides, the output's shape (``out_hw`` None: flat) and ``nsets`` zeroed workspace sets."""
+    nslots = len(slots.key)
+    cs, img = [0] * nslots, [0] * nslots
+    cs[0], img[0] = h * w, c * h * w
+    if out_hw is None:
+        cs[1], img[1] = 1, out_c
         out_shape: tuple[int, ...] = (n, out_c)
     else:
-        slot_cs[1], slot_img[1] = oh * ow, out_c * oh * ow
-        out_shape = (n, out_c, oh, ow)
-    before = [0] * nslots
-    sizes = [0] * nslots
+        cs[1], img[1] = out_hw[0] * out_hw[1], out_c * out_hw[0] * out_hw[1]
+        out_shape = (n, out_c, *out_hw)
+    before, sizes = [0] * nslots, [0] * nslots
     for s in range(2, nslots):
-        if slot_key[s] == ("flat",):
-            slot_cs[s], before[s] = 1, 0
-            sizes[s] = _roundup(slot_cap[s] + 64, 16)
+        if slots.key[s] == ("flat",):
+            cs[s] = 1
+            sizes[s] = _roundup(slots.cap[s] + 64, 16)
+            continue
+        kind, sh, sw = slots.key[s]
+        if kind == "halo":
+            before[s], cs[s] = halo_geometry(sh, sw)
         else:
-            kind, sh, sw = slot_key[s]
-            if kind == "halo":
-                before[s], slot_cs[s] = halo_geometry(sh, sw)
-            else:
-                before[s], slot_cs[s] = 0, _roundup(sh * sw, 16)
-            sizes[s] = _roundup(slot_cap[s] * slot_cs[s] + 64, 16)
-    mode = 1 if threads > 1 and n >= threads else 0
-    nsets = min(threads, n) if mode == 1 else 1
+            cs[s] = _roundup(sh * sw, 16)
+        sizes[s] = _roundup(slots.cap[s] * cs[s] + 64, 16)
     offsets = np.cumsum([0] + sizes[2:]).tolist()
     per_set = offsets[-1]
-    workspace = torch.zeros(max(1, nsets * per_set), dtype=torch.float32)
-    base = workspace.data_ptr()
+    buffer = torch.zeros(max(1, nsets * per_set), dtype=torch.float32)
+    base = buffer.data_ptr()
     ws = (ctypes.c_void_p * (nsets * nslots))()
     for st in range(nsets):
         for s in range(2, nslots):
             ws[st * nslots + s] = base + 4 * (st * per_set + offsets[s - 2] + before[s])
-    # ops
-    vw = lib.vector_width(isa)
-    keep: list = [workspace, ws]
+    return _Workspace(cs, img, ws, buffer, out_shape)
+
+
+def _plane_offsets(kidx: np.ndarray, plane_stride: int) -> np.ndarray:
+    """Element offset of each 1x1-conv reduction row's input plane (int32, as the kernels index)."""
+    koff = kidx.astype(np.int64) * plane_stride
+    if koff.max(initial=0) >= 2**31:
+        raise ValueError("activation too large for the native engine's 32-bit offsets")
+    return np.ascontiguousarray(koff, dtype=np.int32)
+
+
+def _border_masks(h: int, w: int, vw: int) -> np.ndarray:
+    """Per pixel vector of an ``h x w`` plane, lane bits {has a left neighbour, has a right neighbour}."""
+    nvec = -(-(h * w) // vw)
+    x = np.arange(nvec * vw) % w
+    bits = (1 << np.arange(vw, dtype=np.uint64)).astype(np.uint64)
+    left = ((x != 0).reshape(nvec, vw) * bits).sum(1)
+    right = ((x != w - 1).reshape(nvec, vw) * bits).sum(1)
+    return np.ascontiguousarray(np.stack([left, right], 1).reshape(-1), dtype=np.uint32)
+
+
+def _c_ops(
+    ops: list[Op], slots: _Slots, hw: dict, flat: list[bool], cs: list[int], vw: int
+) -> tuple[ctypes.Array, list]:
+    """The ``sn_op`` array, and the arrays it points into (to keep alive)."""
+    keep: list = []
     arr = (SnOp * len(ops))()
-    for i, op in enumerate(ops):
-        o = arr[i]
+    for o, op in zip(arr, ops):
         sh, sw = hw[op.src]
-        dh, dw_ = hw[op.dst]
         o.kind, o.act = op.kind, op.act
-        o.src, o.dst = slot_of[op.src], slot_of[op.dst]
-        o.res = slot_of[op.res] if op.res >= 0 else -1
+        o.src, o.dst = slots.of[op.src], slots.of[op.dst]
+        o.res = slots.of[op.res] if op.res >= 0 else -1
         o.src_coff, o.dst_coff, o.res_coff = 0, op.dst_coff, 0
         o.cin, o.cout = op.cin, op.cout
-        o.H, o.W, o.OH, o.OW = sh, sw, dh, dw_
+        o.H, o.W = sh, sw
+        o.OH, o.OW = hw[op.dst]
         o.groups, o.K, o.N = op.groups, op.K, op.N
         o.stride, o.pool = op.stride, op.pool
-        if op.w is not None:
-            o.w = op.w.data_ptr()
-        if op.wp is not None:
-            o.wp = op.wp.data_ptr()
-        if op.b is not None:
-            o.b = op.b.data_ptr()
+        for name in ("w", "wp", "b"):
+            t = getattr(op, name)
+            if t is not None:
+                setattr(o, name, t.data_ptr())
         if op.kind == OP_PW:
-            koff = op.kidx.astype(np.int64) * slot_cs[o.src]
-            if koff.max(initial=0) >= 2**31:
-                raise ValueError("activation too large for the native engine's 32-bit offsets")
-            koff = np.ascontiguousarray(koff, dtype=np.int32)
+            koff = _plane_offsets(op.kidx, cs[o.src])
             keep.append(koff)
             o.koff = koff.ctypes.data
+        if op.table is not None:
+            table = np.ascontiguousarray(op.table, dtype=np.int32)
+            keep.append(table)
+            o.koff = table.ctypes.data
+        o.qflags, o.lo, o.hi, o.m_res = op.qflags, op.lo, op.hi, op.m_res
+        if op.kind == OP_QGAP:  # the mean's 1 / pixels, as the PyTorch int8 runtime rounds it
+            o.m_res = float(np.float32(op.m_res / (sh * sw)))
+        for name in ("m", "comp"):
+            t = getattr(op, name)
+            if t is not None:
+                setattr(o, name, t.data_ptr())
         if op.kind == OP_DW and op.stride == 1:
-            p = sh * sw
-            nvec = -(-p // vw)
-            x = np.arange(nvec * vw) % sw
-            bits = (1 << np.arange(vw, dtype=np.uint64)).astype(np.uint64)
-            left = ((x != 0).reshape(nvec, vw) * bits).sum(1)
-            right = ((x != sw - 1).reshape(nvec, vw) * bits).sum(1)
-            masks = np.ascontiguousarray(np.stack([left, right], 1).reshape(-1), dtype=np.uint32)
+            masks = _border_masks(sh, sw, vw)
             keep.append(masks)
             o.masks = masks.ctypes.data
-        if op.kind in (OP_GAP, OP_FC) and (op.kind == OP_FC) != flat[op.src]:
+        if op.kind in (OP_GAP, OP_QGAP, OP_FC) and (op.kind == OP_FC) != flat[op.src]:
             raise ValueError("internal error: flat/planar mismatch")
-    cs_arr = (ctypes.c_int64 * nslots)(*slot_cs)
-    img_arr = (ctypes.c_int64 * nslots)(*slot_img)
-    keep += [arr, cs_arr, img_arr, ops]
-    plan = SnPlan(len(ops), nslots, n, mode, nsets, 0, arr, cs_arr, img_arr, ws)
-    return _Bound(plan, keep, out_shape, n)
+    return arr, keep
+
+
+def _bind(
+    prog: Program, lib: NativeLibrary, isa: int, n: int, c: int, h: int, w: int, tp: ThreadPlan
+) -> _Bound:
+    """The C plan of ``prog`` for an ``(n, c, h, w)`` input run as ``tp`` says."""
+    ops, flat, chans = _with_input_pack(prog, c)
+    hw = _spatial_sizes(ops, h, w)
+    out_v = prog.output
+    slots = _assign_slots(ops, flat, chans, hw, out_v)
+    space = _workspace(
+        slots, n, c, h, w, chans[out_v], None if flat[out_v] else hw[out_v], tp.nsets
+    )
+    arr, keep = _c_ops(ops, slots, hw, flat, space.cs, lib.vector_width(isa))
+    nslots = len(slots.key)
+    cs_arr = (ctypes.c_int64 * nslots)(*space.cs)
+    img_arr = (ctypes.c_int64 * nslots)(*space.img)
+    keep += [space.buffer, space.ws, arr, cs_arr, img_arr, ops]
+    plan = SnPlan(
+        len(ops), nslots, n, tp.mode, tp.nsets, int(tp.adaptive), arr, cs_arr, img_arr, space.ws
+    )
+    return _Bound(plan, keep, space.out_shape, n)
 
 
 class NativeModule(nn.Module):
-    """Inference-only module that runs ``model`` through the native engine (CPU, float32).
+    """Inference-only module that runs ``model`` through the native engine (CPU).
 
     Args:
         model: a module the engine can lower (see :mod:`.lower`); it is read, never modified.
         isa: ``"avx512"``, ``"avx2"`` or ``"generic"`` to force an instruction set (default: the best this CPU
             runs, or ``$SHUFFLENET_NATIVE_ISA``).
-        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time); see the package
-            docstring for the fallback to one thread under contention.
+        num_threads: threads per call (default: ``torch.get_num_threads()`` at call time); see
+            :func:`thread_plan`.
+        program: an already lowered program instead of ``model`` (the int8 one of
+            :meth:`shufflenet.quantize.QuantizedModel.native`).
+        int8: ``program`` runs int8 kernels: the AVX-512 ones need VNNI (without it the AVX2 ones run), and
+            an image with a NaN pixel gets NaN outputs (int8 has no NaN).
 
-    Input ``(N, C, H, W)`` float32 on the CPU in any memory format; output as the model's (logits ``(N, K)``
-    or an NCHW feature map).
+    Input ``(N, C, H, W)`` float32 on the CPU in any memory format; output float32 as the model's (logits
+    ``(N, K)`` or an NCHW feature map).
     """
 
     def __init__(
-        self, model: nn.Module, isa: str | None = None, num_threads: int | None = None
+        self,
+        model: nn.Module | None = None,
+        isa: str | None = None,
+        num_threads: int | None = None,
+        *,
+        program: Program | None = None,
+        int8: bool = False,
     ) -> None:
         super().__init__()
-        was_training = model.training
-        model.eval()
-        try:
-            self.program = lower(model)
-        finally:
-            model.train(was_training)
+        if program is None:
+            if model is None:
+                raise TypeError("NativeModule needs a model or a program")
+            was_training = model.training
+            model.eval()
+            try:
+                program = lower(model)
+            finally:
+                model.train(was_training)
+        self.program = program
+        self.int8 = int8
         self.lib = get_library()
         self.isa = self.lib.resolve_isa(isa)
+        if int8 and ISA_NAMES[self.isa] == "avx512" and not self.lib.cdll.sn_cpu_vnni():
+            self.isa = ISA_NAMES.index("avx2")
         self.num_threads = num_threads
         self.in_channels = self.program.values[0].channels
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
@@ -253,15 +384,13 @@ class NativeModule(nn.Module):
 
     @property
     def isa_name(self) -> str:
-        from ._abi import ISA_NAMES
-
         return ISA_NAMES[self.isa]
 
-    def _get_bound(self, n: int, h: int, w: int, threads: int) -> _Bound:
-        key = (n, h, w, threads)
+    def _get_bound(self, n: int, h: int, w: int, tp: ThreadPlan) -> _Bound:
+        key = (n, h, w, tp)
         b = self._bound.get(key)
         if b is None:
-            b = _bind(self.program, self.lib, self.isa, n, self.in_channels, h, w, threads)
+            b = _bind(self.program, self.lib, self.isa, n, self.in_channels, h, w, tp)
             self._bound[key] = b
             while len(self._bound) > _MAX_BOUND:
                 self._bound.popitem(last=False)
@@ -281,15 +410,19 @@ class NativeModule(nn.Module):
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
         if n == 0:
             raise ValueError("empty batch")
-        threads = max(1, int(self.num_threads or torch.get_num_threads()))
-        b = self._get_bound(n, h, w, threads)
+        tp = thread_plan(n, self.num_threads)
+        b = self._get_bound(n, h, w, tp)
         x = x.detach().contiguous()
         y = torch.empty(b.out_shape, dtype=torch.float32)
         rc = self.lib.cdll.sn_run(
-            ctypes.byref(b.plan), self.isa, threads, x.data_ptr(), y.data_ptr()
+            ctypes.byref(b.plan), self.isa, tp.threads, x.data_ptr(), y.data_ptr()
         )
         if rc != 0:
             raise RuntimeError(f"native engine failed with code {rc}")
+        if self.int8:
+            nan = torch.isnan(x).flatten(1).any(1)
+            if nan.any():
+                y[nan] = float("nan")
         return y
 
     def profile(self, x: torch.Tensor, repeats: int = 10) -> list[dict]:
@@ -299,7 +432,7 @@ class NativeModule(nn.Module):
         drops runs disturbed by them, so this is the tool to see where the time goes on a busy machine.
         """
         n, c, h, w = x.shape
-        b = self._get_bound(n, h, w, 1)
+        b = self._get_bound(n, h, w, thread_plan(n, 1))
         x = x.detach().contiguous()
         y = torch.empty(b.out_shape, dtype=torch.float32)
         nops = b.plan.nops
@@ -321,6 +454,13 @@ class NativeModule(nn.Module):
             OP_POOL: "pool",
             OP_GAP: "gap",
             OP_FC: "fc",
+            OP_QPACK: "quantize",
+            OP_QCONV: "conv3x3-int8",
+            OP_QPW: "pw-int8",
+            OP_QDW: "dw-int8",
+            OP_QMAX: "maxpool-int8",
+            OP_QGAP: "gap-int8",
+            OP_QOUT: "dequantize",
         }
         for i in range(nops):
             o = b.plan.ops[i]
@@ -332,6 +472,12 @@ class NativeModule(nn.Module):
                 macs = o.OH * o.OW * o.cout * 9
             elif o.kind == OP_FC:
                 macs = o.K * o.N
+            elif o.kind == OP_QPW:
+                macs = o.H * o.W * o.K * o.cout
+            elif o.kind == OP_QCONV:
+                macs = o.OH * o.OW * o.cout * o.cin * 9
+            elif o.kind == OP_QDW:
+                macs = o.OH * o.OW * o.cout * 9
             else:
                 macs = 0
             name = names.get(o.kind, "?")
@@ -352,4 +498,5 @@ class NativeModule(nn.Module):
         return rows
 
     def extra_repr(self) -> str:
-        return f"isa={self.isa_name}, ops={len(self.program.ops)}, num_threads={self.num_threads}"
+        prec = ", int8" if self.int8 else ""
+        return f"isa={self.isa_name}{prec}, ops={len(self.program.ops)}, num_threads={self.num_threads}"

@@ -360,7 +360,7 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
                 const vf M0 = v_loadf(row - 1, mC, fill), M1 = v_loadf(row - 1 + VW, mD, fill);
                 const vf E = v_even(L0, L1), O = v_odd(L0, L1), M = v_even(M0, M1);
                 if (is_max) {
-                    acc = v_max(acc, v_max(M, v_max(E, O)));
+                    acc = v_maxp(acc, v_maxp(M, v_maxp(E, O)));
                 } else {
                     acc = v_fma(wv[3 * dy], M, acc);
                     acc = v_fma(wv[3 * dy + 1], E, acc);
@@ -524,7 +524,7 @@ static void maxpool_row(const float *const rows[3], int W, float *out, int OW)
             const float *row = rows[dy] + xs;
             const vf L0 = v_loadf(row, mA, ninf), L1 = v_loadf(row + VW, mB, ninf);
             const vf M0 = v_loadf(row - 1, mC, ninf), M1 = v_loadf(row - 1 + VW, mD, ninf);
-            acc = v_max(acc, v_max(v_even(M0, M1), v_max(v_even(L0, L1), v_odd(L0, L1))));
+            acc = v_maxp(acc, v_maxp(v_even(M0, M1), v_maxp(v_even(L0, L1), v_odd(L0, L1))));
         }
         v_storem(out + ox0, acc, v_mask_n(OW - ox0));
     }
@@ -648,6 +648,8 @@ static void pack_run(const sn_op *op, float *const *slot, const int64_t *cs, int
                slot[op->src] + (ptrdiff_t)(op->src_coff + c) * si, bytes);
 }
 
+#include "sn_int8.h"
+
 /* ---------------------------------------------------------------------------------------------------------
  * Work split and dispatch.
  * ------------------------------------------------------------------------------------------------------- */
@@ -671,6 +673,20 @@ static int op_nchunks(const sn_op *op, int T)
     case SN_OP_FC:
         return split_count((double)op->K * op->N, T, CDIV(op->N, FC_B));
     case SN_OP_PACK:
+        return split_count(P * op->cout, T, op->cout);
+    case SN_OP_QPW: {
+        int nblk;
+        return split_count(P * op->K * op->cout / 8.0, T, qpw_units(op, &nblk));
+    }
+    case SN_OP_QDW:
+    case SN_OP_QMAX:
+        return split_count(9.0 * OP * op->cout / 4.0, T, op->OH);
+    case SN_OP_QCONV:
+        return split_count(9.0 * OP * op->cout * CDIV(op->cin, 4) / 4.0, T, op->OH);
+    case SN_OP_QGAP:
+    case SN_OP_QPACK:
+        return split_count(P * op->cout, T, CDIV(op->cout, 4));
+    case SN_OP_QOUT:
         return split_count(P * op->cout, T, op->cout);
     default:
         return 1;
@@ -699,6 +715,27 @@ static void op_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
         break;
     case SN_OP_PACK:
         pack_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QPW:
+        qpw_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QDW:
+        qdw_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QMAX:
+        qmax_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QCONV:
+        qconv_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QGAP:
+        qgap_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QPACK:
+        qpack_run(op, slot, cs, chunk, n);
+        break;
+    case SN_OP_QOUT:
+        qout_run(op, slot, cs, chunk, n);
         break;
     default:
         break;

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define SN_ABI_VERSION 3
+#define SN_ABI_VERSION 4
 
 #define SN_API __attribute__((visibility("default")))
 
@@ -27,7 +27,15 @@ enum sn_kind {
     SN_OP_DW = 4,     /* 3x3 depthwise conv, stride 1 or 2, pad 1 */
     SN_OP_POOL = 5,   /* 3x3 stride 2 pad 1 max pool or average pool (count_include_pad) */
     SN_OP_GAP = 6,    /* global average pool -> flat vector */
-    SN_OP_FC = 7      /* fully connected on a flat vector */
+    SN_OP_FC = 7,     /* fully connected on a flat vector */
+    /* int8 ops on quad planes (sn_int8.h); weights in wp, prepared in Python */
+    SN_OP_QPACK = 8,  /* float NCHW planes -> int8 quad planes, scale m_res */
+    SN_OP_QCONV = 9,  /* dense 3x3 conv, stride 1 or 2, pad 1 (the stem) */
+    SN_OP_QPW = 10,   /* 1x1 conv, all groups: tiles listed in koff (groups = number of tiles) */
+    SN_OP_QDW = 11,   /* 3x3 depthwise conv or average pool, stride 1 or 2; koff: input channel of each output */
+    SN_OP_QMAX = 12,  /* 3x3/2 max pool */
+    SN_OP_QGAP = 13,  /* global average pool -> flat float vector, times m_res */
+    SN_OP_QOUT = 14   /* int8 quad planes -> float NCHW planes, times m_res */
 };
 
 enum sn_act { SN_ACT_NONE = 0, SN_ACT_RELU = 1 };
@@ -48,11 +56,18 @@ typedef struct sn_op {
     const float *b;                 /* bias per output channel (may be NULL for POOL, GAP) */
     const int32_t *koff;            /* PW: [groups][K] element offsets of the input planes in src */
     const uint32_t *masks;          /* DW stride 1: per pixel vector {left-ok bits, right-ok bits} */
+    /* int8 ops: y = float(acc (+ comp[o])) * m[o] + b[o] (+ float(res) * m_res), clamped to [lo, hi] */
+    int32_t qflags;                 /* 1: the input is signed, 2: the residual is signed */
+    int32_t lo, hi;
+    float m_res;
+    const float *m;
+    const int32_t *comp;            /* -128 * sum of channel o's weights (VNNI on a signed input) */
 } sn_op;
 
 typedef struct sn_plan {
     int32_t nops, nslots, batch, mode; /* mode 0: all threads on one image at a time; 1: one image per thread */
-    int32_t nsets, reserved;          /* workspace sets in ws (mode 1: one per thread) */
+    int32_t nsets;                    /* workspace sets in ws (mode 1: one per thread) */
+    int32_t adaptive;                 /* mode 0, threads > 1: may run on one thread when that measures faster */
     const sn_op *ops;
     const int64_t *slot_cs;           /* [nslots] plane stride (floats) */
     const int64_t *slot_img;          /* [nslots] image stride (floats), used for slots 0 and 1 */

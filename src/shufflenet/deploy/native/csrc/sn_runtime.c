@@ -75,6 +75,17 @@ SN_API int sn_isa_mask(void)
     return m;
 }
 
+/* 1 if this CPU has AVX-512 VNNI, which the AVX-512 int8 kernels use (else int8 runs the AVX2 ones) */
+SN_API int sn_cpu_vnni(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 SN_API int sn_abi_version(void) { return SN_ABI_VERSION; }
 SN_API int sn_vector_width(int isa) { return vtab_for(isa)->vw; }
 SN_API int sn_sizeof_op(void) { return (int)sizeof(sn_op); }
@@ -412,14 +423,13 @@ static void job_batch(void *arg, int tid)
     }
 }
 
-/* Thread count under contention (mode 0 only, where threads hand work to each other op by op). On a machine
+/* Thread count under contention (mode 0 only, where threads hand work to each other op by op), when the plan
+ * asks for it (plan->adaptive, decided in Python: shufflenet/deploy/native/module.py::thread_plan). On a machine
  * whose cores are taken by other processes, the thread an op waits for is often not running, and one image
  * can then be faster on one thread. Each plan keeps the wall times of its last 8 runs with all threads and
  * with one; after 3 of each it runs the mode with the lower median, and every 16th run the other one, to
  * follow changes of load. On an idle machine that is the parallel mode (the serial probes cost 1/16 of the
- * runs). Opt-in: only with SHUFFLENET_NATIVE_ADAPTIVE=1; by default the requested thread count is used as
- * given. Guarded by g_run_mu. */
-static int g_adaptive = -1;
+ * runs). Guarded by g_run_mu. */
 static long g_runs = 0, g_serial_runs = 0;
 
 static double median8(const double *h, int n)
@@ -486,14 +496,10 @@ SN_API int sn_run(sn_plan *plan, int isa, int T, float *x, float *y)
         owned = pool_run(job_batch, j, T, job_free);
         wait_at_least(&j->imgs_done, plan->batch);
     } else {
-        if (g_adaptive < 0) {
-            const char *e = getenv("SHUFFLENET_NATIVE_ADAPTIVE");
-            g_adaptive = e != NULL && e[0] == '1';
-        }
         int mode = -1;
         if (T > 1) {
             g_runs++;
-            if (g_adaptive) {
+            if (plan->adaptive) {
                 mode = choose_mode(plan);
                 if (mode == 1) {
                     g_serial_runs++;

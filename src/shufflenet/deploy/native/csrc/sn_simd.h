@@ -3,6 +3,10 @@
  *
  * vf: VW floats. vm: a lane mask. Loads and stores are unaligned. Masked loads never touch masked-off lanes
  * (so they are safe at the end of a buffer) and give zero (v_loadz) or `fill` (v_loadf) there.
+ *
+ * NaN. v_max(a, b) is the instruction's: b when either is NaN (x86 maxps; the portable build does the same).
+ * v_maxp(a, b) propagates a NaN from either side (as torch.max_pool2d), and v_relu(a) keeps a NaN (as
+ * torch.relu), so a NaN input pixel reaches the outputs it touches, as in eager PyTorch.
  */
 #ifndef SN_SIMD_H
 #define SN_SIMD_H
@@ -29,6 +33,7 @@ SN_INLINE vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 SN_INLINE vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 SN_INLINE vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 SN_INLINE vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+SN_INLINE vf v_maxp(vf a, vf b) { return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a); }
 SN_INLINE vm v_mask_all(void) { return (vm)0xFFFF; }
 SN_INLINE vm v_mask_n(int n) { return n >= 16 ? (vm)0xFFFF : n <= 0 ? (vm)0 : (vm)((1u << n) - 1u); }
 SN_INLINE vm v_mask_bits(uint32_t b) { return (vm)b; }
@@ -60,6 +65,7 @@ SN_INLINE vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 SN_INLINE vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 SN_INLINE vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 SN_INLINE vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+SN_INLINE vf v_maxp(vf a, vf b) { return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 SN_INLINE vm v_mask_all(void) { return _mm256_set1_epi32(-1); }
 SN_INLINE vm v_mask_n(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -106,6 +112,11 @@ SN_INLINE vf v_max(vf a, vf b) {
     for (int i = 0; i < VW; i++) r[i] = a[i] > b[i] ? a[i] : b[i];
     return r;
 }
+SN_INLINE vf v_maxp(vf a, vf b) {
+    vf r;
+    for (int i = 0; i < VW; i++) r[i] = (a[i] != a[i] || a[i] > b[i]) ? a[i] : b[i];
+    return r;
+}
 SN_INLINE vm v_mask_all(void) { return 0xFu; }
 SN_INLINE vm v_mask_n(int n) { return n >= VW ? 0xFu : n <= 0 ? 0u : (1u << n) - 1u; }
 SN_INLINE vm v_mask_bits(uint32_t b) { return b; }
@@ -127,7 +138,8 @@ SN_INLINE vf v_even(vf lo, vf hi) { vf r = {lo[0], lo[2], hi[0], hi[2]}; return 
 SN_INLINE vf v_odd(vf lo, vf hi) { vf r = {lo[1], lo[3], hi[1], hi[3]}; return r; }
 #endif
 
-SN_INLINE vf v_relu(vf a) { return v_max(a, v_zero()); }
+/* max(0, a), a when a is NaN (v_max returns its second operand then) */
+SN_INLINE vf v_relu(vf a) { return v_max(v_zero(), a); }
 /* lanes i with lo <= i < hi */
 SN_INLINE vm v_mask_range(int lo, int hi) { return v_mask_andnot(v_mask_n(lo), v_mask_n(hi)); }
 

@@ -1,0 +1,123 @@
+"""Native int8 kernels against the slow integer reference (test_quantize_reference.py), every instruction set
+this CPU runs forced through ``isa=`` (AVX-512 with VNNI, AVX2, portable C), both thread modes; NaN inputs;
+``optimize(..., precision="int8")`` and its fallback. Skipped where no C compiler exists."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_quantize_reference import _randomize, check_against_reference, unit
+
+from shufflenet import create_model
+from shufflenet.deploy import NotSupportedError, optimize
+from shufflenet.deploy.native import NativeUnavailable, get_library
+from shufflenet.deploy.native.build import find_compiler
+from shufflenet.quantize import load_quantized, quantize, save_quantized
+
+if find_compiler() is None:
+    pytest.skip("no C compiler: the native engine cannot be built", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        return get_library()
+    except NativeUnavailable as e:
+        pytest.fail(f"native engine did not build: {e}")
+
+
+@pytest.fixture(scope="module")
+def isas(lib):
+    return lib.supported
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_units_every_isa(isas, g, stride):
+    u = unit(g, stride)
+    for hw, batch in (((7, 9), 1), ((13, 5), 3)):
+        x = torch.randn(batch, u.in_channels, *hw)
+        q = quantize(u, x)
+        for isa in isas:
+            for threads in (1, 2):
+                native = q.native(isa=isa, num_threads=threads)
+                check_against_reference(native, q.program, x)
+
+
+@pytest.mark.parametrize("width", [3, 4, 12])
+def test_widths_groups_straddling_tiles(isas, width):
+    # widths whose per-group channels are not multiples of 4: tiles span groups
+    for g in (3, 8):
+        u = unit(g, 1, width=width)
+        x = torch.randn(2, u.in_channels, 11, 6)
+        q = quantize(u, x)
+        for isa in isas:
+            check_against_reference(q.native(isa=isa, num_threads=1), q.program, x)
+
+
+@pytest.mark.parametrize(
+    "name,kw,hw",
+    [
+        ("shufflenet_v1_g1_x0_25", {}, (33, 35)),
+        ("shufflenet_v1_g2_x0_5", {"small_input": True, "num_classes": 10}, (17, 15)),
+        ("shufflenet_v1_g3_x0_5", {}, (35, 33)),
+        ("shufflenet_v1_g4_x0_25", {}, (32, 32)),
+        ("shufflenet_v1_g8_x0_25", {}, (33, 31)),
+        ("mobilenet_v1_x0_25", {}, (35, 33)),
+    ],
+)
+def test_models_every_isa(isas, name, kw, hw):
+    m = _randomize(create_model(name, **kw))
+    q = quantize(m, torch.randn(4, 3, *hw))
+    x = torch.randn(3, 3, *hw)
+    for isa in isas:
+        for threads in (1, 2):
+            check_against_reference(q.native(isa=isa, num_threads=threads), q.program, x)
+
+
+def test_nan_input_gives_nan_outputs(isas):
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    q = quantize(m, torch.randn(4, 3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)
+    x[1, 0, 0, 0] = float("nan")
+    for isa in isas:
+        out = q.native(isa=isa, num_threads=2)(x)
+        assert torch.isnan(out[1]).all()
+        assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+
+
+def test_optimize_int8(tmp_path, lib):
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    q = quantize(m, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = optimize(q, "native", precision="int8", threads=2)
+    assert fast.backend == "native"
+    torch.testing.assert_close(fast(x), q(x), rtol=1e-5, atol=1e-5)
+    # a loaded int8 file runs the same
+    q2, _ = load_quantized(save_quantized(tmp_path / "q.safetensors", q))
+    torch.testing.assert_close(optimize(q2, "native")(x), q(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="quantize it first"):
+        optimize(m, "native", precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        optimize(m, "native", precision="int4")
+    with pytest.raises(ValueError, match="backend='native'"):
+        optimize(q, "onnxruntime")
+
+
+def test_int8_fallback_to_pytorch_runtime(lib):
+    # a concatenation at channel 6 (not a multiple of 4): the int8 kernels do not run it
+    u = unit(2, 2, first_grouped=False)
+    x = torch.randn(2, u.in_channels, 9, 9)
+    q = quantize(u, x)
+    with pytest.raises(NotSupportedError, match="multiple of 4"):
+        q.native()
+    with pytest.warns(RuntimeWarning, match="native int8 backend unavailable"):
+        slow = optimize(q, "native", precision="int8")
+    assert slow.backend == "eager" and slow.requested == "native"
+    torch.testing.assert_close(slow(x), q(x))
+    with pytest.raises(NotSupportedError):
+        optimize(q, "native", precision="int8", strict=True)
