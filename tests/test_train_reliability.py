@@ -12,32 +12,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 from safetensors.torch import load_file
 from torch import nn
 
 from shufflenet.cli import train
 from shufflenet.distributed import DistContext, init_distributed
-from shufflenet.train import TrainConfig, evaluate, fit, resolve
+from shufflenet.train import evaluate, fit, resolve
 from shufflenet.train.checkpoint import resume_config
 from shufflenet.train.run import CheckpointWriteError, Trainer
 from shufflenet.train.run_dir import LOCK_NAME, RunDirBusy, RunDirLock
 
-TINY = dict(
-    model="shufflenet_v1_g3_x0_25",
-    model_kwargs={"stage_repeats": [1, 1, 1]},
-    image_size=16,
-    batch_size=32,
-    threads=1,
-    progress=False,
-    plots=False,
-    deterministic=True,
-)
 TINY_ARGV = ["--model", "shufflenet_v1_g3_x0_25", "--model-kwargs", '{"stage_repeats": [1, 1, 1]}',
              "--image-size", "16", "--threads", "1", "--no-progress", "--no-plots"]  # fmt: skip
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "output": str(tmp_path), **kw})
 
 
 def assert_same_weights(a, b) -> None:
@@ -50,7 +37,7 @@ def assert_same_weights(a, b) -> None:
 @pytest.fixture
 def stopped_run(tmp_path):
     """A run stopped after its first of two epochs (resumable)."""
-    r = fit(tiny(tmp_path, epochs=2, max_steps=2, name="run", stop_after_epochs=1))
+    r = fit(tiny_train_config(tmp_path, epochs=2, max_steps=2, name="run", stop_after_epochs=1))
     assert r.status == "stopped"
     return r.run_dir
 
@@ -110,9 +97,10 @@ def test_output_under_a_regular_file_is_refused(tmp_path, capsys) -> None:
 
 
 def test_checkpoint_directory_replaced_by_a_file_loses_no_epoch(tmp_path) -> None:
-    ref = fit(tiny(tmp_path, epochs=2, max_steps=2, name="ref"))
+    ref = fit(tiny_train_config(tmp_path, epochs=2, max_steps=2, name="ref"))
     trainer = Trainer(
-        resolve(tiny(tmp_path, epochs=2, max_steps=2, name="cut")), init_distributed("cpu")
+        resolve(tiny_train_config(tmp_path, epochs=2, max_steps=2, name="cut")),
+        init_distributed("cpu"),
     )
     blocker = trainer.run_dir / "checkpoints"
     blocker.write_text("not a directory")
@@ -160,7 +148,7 @@ def test_weights_that_become_nan_in_the_only_step_exit_3_and_save_nothing(
 
 
 def test_resume_says_which_damaged_checkpoint_it_skipped(tmp_path, capsys) -> None:
-    r = fit(tiny(tmp_path, epochs=3, max_steps=2, name="run", stop_after_epochs=2))
+    r = fit(tiny_train_config(tmp_path, epochs=3, max_steps=2, name="run", stop_after_epochs=2))
     newest = r.run_dir / "checkpoints" / "e0002s000000.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
     capsys.readouterr()

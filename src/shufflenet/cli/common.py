@@ -19,10 +19,12 @@ from ..factory import ResolvedModel, resolve_model
 
 __all__ = [
     "MAX_INPUT_SIZE",
+    "add_int_option",
     "add_model_argument",
     "bounded_int",
     "check_output_dir",
     "check_output_file",
+    "command_parser",
     "resolve_cli_model",
 ]
 
@@ -59,6 +61,19 @@ def bounded_int(name: str, low: int, high: int):
         return value
 
     return parse
+
+
+def add_int_option(p: argparse.ArgumentParser, flag: str, low: int, high: int, **kw: Any) -> None:
+    """An integer option in ``[low, high]`` (:func:`bounded_int`, its errors naming ``flag``); ``kw``
+    (``default``, ``help``) go to ``add_argument``."""
+    p.add_argument(flag, type=bounded_int(flag, low, high), **kw)
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser, its help showing every option's default."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
 
 
 def resolve_cli_model(

@@ -11,6 +11,7 @@ import json
 import re
 
 from ..analysis.conv_cost import ConvGeometry, conv_costs
+from .common import command_parser
 
 
 def _parse_input(text: str) -> tuple[int, int, int]:
@@ -36,11 +37,10 @@ def _parse_padding(text: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shufflenet conv-cost",
-        description="Output size, weights and multiply-adds (MACs; FLOPs = 2 x MACs) of a convolution as "
+    p = command_parser(
+        "shufflenet conv-cost",
+        "Output size, weights and multiply-adds (MACs; FLOPs = 2 x MACs) of a convolution as "
         "standard, grouped, depthwise-separable and pointwise-group + shuffle (ShuffleNet unit).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--input", type=_parse_input, required=True, help="input H x W x C1, e.g. 7x7x3")
     p.add_argument("--filters", type=int, required=True, help="number of filters C2")

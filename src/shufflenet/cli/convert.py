@@ -15,18 +15,17 @@ import torch
 from ..interop.releases import RELEASES, convert_release
 from ..interop.torch_files import load_torch_state_dict
 from ..model_file import save_model
-from .common import check_output_file
+from .common import check_output_file, command_parser
 from .main import command
 
 PROG = "shufflenet convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Convert a published checkpoint (.pth) into a shufflenet model file (.safetensors). "
+    p = command_parser(
+        PROG,
+        "Convert a published checkpoint (.pth) into a shufflenet model file (.safetensors). "
         "Sources: " + "; ".join(f"{k}: {v}" for k, v in RELEASES.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--from", dest="source", required=True, choices=sorted(RELEASES), help="checkpoint layout"

@@ -16,19 +16,18 @@ import torch
 
 from ..analysis.commands import correlate_checkpoint
 from ..analysis.correlation_control import NIN_PAIRS
-from .common import MODEL_HELP, bounded_int, check_output_dir
+from .common import MODEL_HELP, add_int_option, check_output_dir, command_parser
 from .main import command
 
 PROG = "shufflenet correlate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
+    p = command_parser(
+        PROG,
+        "Correlation between the filter responses of two layers (Deep Roots, Ioannou et al. "
         "2017): every position of every image is a sample; each layer is centred and ZCA-whitened; the "
         "covariance of the two is shown with the group blocks marked and scored.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset directory or 'builtin'")
@@ -49,17 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="layer pairs; default for NIN: " + " ".join(f"{a}:{b}" for a, b in NIN_PAIRS),
     )
     p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument(
+    add_int_option(
+        p,
         "--max-images",
-        type=bounded_int("--max-images", 1, 10_000_000),
+        1,
+        10_000_000,
         default=2000,
         help="images streamed (class-balanced subset)",
     )
-    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=100)
-    p.add_argument(
+    add_int_option(p, "--batch-size", 1, 65536, default=100)
+    add_int_option(
+        p,
         "--groups",
-        type=bounded_int("--groups", 1, 4096),
-        default=None,
+        1,
+        4096,
         help="blocks to score every pair with (default: the groups of the pair's grouped layer)",
     )
     p.add_argument(
@@ -69,29 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0, 1, 2],
         help="init seeds of the untrained control models (none: no control)",
     )
-    p.add_argument(
+    add_int_option(
+        p,
         "--bootstrap",
-        type=bounded_int("--bootstrap", 0, 100_000),
+        0,
+        100_000,
         default=100,
         help="resamples of the paired bootstrap of the learned excess over image chunks (0: none)",
     )
-    p.add_argument(
-        "--chunks",
-        type=bounded_int("--chunks", 2, 100_000),
-        default=10,
-        help="image chunks for the bootstrap",
-    )
+    add_int_option(p, "--chunks", 2, 100_000, default=10, help="image chunks for the bootstrap")
     p.add_argument(
         "--eps", type=float, default=1e-3, help="ZCA regulariser, relative to the mean variance"
     )
     p.add_argument("--out", default="runs/correlate", help="output directory")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--threads",
-        type=bounded_int("--threads", 1, 1024),
-        default=None,
-        help="torch CPU threads; None: torch's choice",
-    )
+    add_int_option(p, "--threads", 1, 1024, help="torch CPU threads; None: torch's choice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

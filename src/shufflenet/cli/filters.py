@@ -9,26 +9,28 @@ from __future__ import annotations
 import argparse
 
 from ..analysis.commands import filters_report
-from .common import add_model_argument, bounded_int, check_output_dir, resolve_cli_model
+from .common import (
+    add_int_option,
+    add_model_argument,
+    check_output_dir,
+    command_parser,
+    resolve_cli_model,
+)
 from .main import command
 
 PROG = "shufflenet filters"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="A layer's filters as an image grid split by group, with the colour fraction of each "
+    p = command_parser(
+        PROG,
+        "A layer's filters as an image grid split by group, with the colour fraction of each "
         "filter (0 = grey, 1 = purely chromatic) and its mean per group.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_argument(p, " (a name gives an untrained model)")
     p.add_argument("--layer", default="conv1", help="layer name, or convK for the K-th convolution")
-    p.add_argument(
-        "--groups",
-        type=bounded_int("--groups", 1, 4096),
-        default=None,
-        help="groups to split by (default: those of the next conv)",
+    add_int_option(
+        p, "--groups", 1, 4096, help="groups to split by (default: those of the next conv)"
     )
     p.add_argument("--out", default="runs/filters", help="output directory")
     return p

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..analysis.commands import flow_report
-from .common import MODEL_HELP, bounded_int, check_output_dir, resolve_cli_model
+from .common import MODEL_HELP, add_int_option, check_output_dir, command_parser, resolve_cli_model
 from .main import command
 
 PROG = "shufflenet flow"
@@ -29,11 +29,10 @@ def _kwarg(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Heat map of output channels vs input channel groups they depend on: structural (from "
+    p = command_parser(
+        PROG,
+        "Heat map of output channels vs input channel groups they depend on: structural (from "
         "the group structure) and measured (gradient of each output channel's sum w.r.t. each input group).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="'gconv-stack', or " + MODEL_HELP)
     p.add_argument(
@@ -47,30 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="KEY=VALUE for a model given by name, e.g. shuffle=none",
     )
-    p.add_argument(
+    add_int_option(
+        p,
         "--input-groups",
-        type=bounded_int("--input-groups", 1, 4096),
-        default=None,
+        1,
+        4096,
         help="input channel groups (default: the module's conv groups)",
     )
-    p.add_argument(
-        "--input-size",
-        type=bounded_int("--input-size", 1, 1024),
-        default=8,
-        help="spatial side of the random probe input",
+    add_int_option(
+        p, "--input-size", 1, 1024, default=8, help="spatial side of the random probe input"
     )
-    p.add_argument(
-        "--channels",
-        type=bounded_int("--channels", 1, 4096),
-        default=24,
-        help="gconv-stack: channels",
-    )
-    p.add_argument(
-        "--groups", type=bounded_int("--groups", 1, 4096), default=3, help="gconv-stack: groups"
-    )
-    p.add_argument(
-        "--depth", type=bounded_int("--depth", 1, 64), default=3, help="gconv-stack: layers"
-    )
+    add_int_option(p, "--channels", 1, 4096, default=24, help="gconv-stack: channels")
+    add_int_option(p, "--groups", 1, 4096, default=3, help="gconv-stack: groups")
+    add_int_option(p, "--depth", 1, 64, default=3, help="gconv-stack: layers")
     p.add_argument("--out", default="runs/flow", help="output directory")
     return p
 

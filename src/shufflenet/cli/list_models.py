@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..models import list_models
+from .common import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shufflenet list",
-        description="List registered models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("shufflenet list", "List registered models.")
     p.add_argument(
         "pattern", nargs="?", default="*", help="shell-style filter, e.g. 'shufflenet_v1_g3*'"
     )

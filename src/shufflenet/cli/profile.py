@@ -5,47 +5,49 @@ from __future__ import annotations
 import argparse
 
 from ..complexity import profile
-from .common import MAX_INPUT_SIZE, add_model_argument, bounded_int, resolve_cli_model
+from .common import (
+    MAX_INPUT_SIZE,
+    add_int_option,
+    add_model_argument,
+    command_parser,
+    resolve_cli_model,
+)
 from .main import command
 
 PROG = "shufflenet profile"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Per-layer table of parameters and multiply-adds (MACs; FLOPs = 2 x MACs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        PROG, "Per-layer table of parameters and multiply-adds (MACs; FLOPs = 2 x MACs)."
     )
     add_model_argument(p)
-    p.add_argument(
+    add_int_option(
+        p,
         "--input-size",
-        type=bounded_int("--input-size", 1, MAX_INPUT_SIZE),
-        default=None,
+        1,
+        MAX_INPUT_SIZE,
         help="input height = width, pixels; unset: the model file's image size, else 224",
     )
-    p.add_argument(
+    add_int_option(
+        p,
         "--num-classes",
-        type=bounded_int("--num-classes", 1, 100_000),
-        default=None,
+        1,
+        100_000,
         help="classifier outputs; unset: the model's (1000 for a registered name)",
     )
-    p.add_argument(
+    add_int_option(
+        p,
         "--in-chans",
-        type=bounded_int("--in-chans", 1, 3),
-        default=None,
+        1,
+        3,
         help="input image channels; unset: the model's (3 for a registered name)",
     )
     p.add_argument(
         "--small-input", action="store_true", help="CIFAR-style stem where supported (names only)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--max-rows",
-        type=bounded_int("--max-rows", 0, 1_000_000),
-        default=None,
-        help="show at most this many layer rows",
-    )
+    add_int_option(p, "--max-rows", 0, 1_000_000, help="show at most this many layer rows")
     return p
 
 

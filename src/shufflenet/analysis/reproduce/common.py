@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...complexity import profile
 from ...data.subsets import dataset_split
 from ...model_file import save_model
 from ...train import TrainConfig, fit
@@ -45,6 +46,7 @@ __all__ = [
     "JPEG_CIFAR_NOTE",
     "data_line",
     "maybe_save",
+    "train_save_measure",
     "binomial_se_points",
 ]
 
@@ -338,6 +340,27 @@ def maybe_save(
         class_names=list(classes),
         extra={"reproduce": opts.to_dict()},
     )
+
+
+def train_save_measure(
+    model: nn.Module,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    opts: ReproduceOptions,
+    name: str,
+    spec: Any,
+    *,
+    train_opts: ReproduceOptions | None = None,
+    image_size: int | None = None,
+) -> dict:
+    """One experiment step: :func:`train_eval` with ``train_opts`` (default ``opts``), :func:`maybe_save`
+    under ``name`` ("/" written as "_") recording ``opts``, and the model's parameters and multiply-adds at
+    ``spec``'s input size added to the result."""
+    res = train_eval(model, train_ds, test_ds, train_opts or opts, name, image_size=image_size)
+    maybe_save(model, opts, name.replace("/", "_"), spec, train_ds.classes)
+    rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
+    res.update(params=rep.params, macs=rep.macs)
+    return res
 
 
 def binomial_se_points(accuracy: float, n: int) -> float:

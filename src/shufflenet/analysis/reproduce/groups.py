@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from ...complexity import profile
 from ...data import Subset, build_transform, default_spec, make_loader
 from ...data.subsets import balanced_subset
 from ...deploy.benchmark import interleaved_latency
@@ -35,10 +34,9 @@ from .common import (
     data_line,
     fmt_int,
     load_splits,
-    maybe_save,
     option,
     provenance,
-    train_eval,
+    train_save_measure,
 )
 
 __all__ = ["GroupsConfig", "run_groups", "DEFAULT_ROOTS"]
@@ -115,10 +113,7 @@ def run_groups(opts: GroupsConfig) -> dict:
     for root in roots:
         torch.manual_seed(opts.seed)
         model = create_model(_name(root), num_classes=len(train_ds.classes), in_chans=spec.in_chans)
-        res = train_eval(model, train_ds, test_ds, opts, _name(root))
-        maybe_save(model, opts, _name(root), spec, train_ds.classes)
-        rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
-        res.update(params=rep.params, macs=rep.macs)
+        res = train_save_measure(model, train_ds, test_ds, opts, _name(root), spec)
         res.update(_train_top1(model, train_ds, spec, opts, opts.train_eval_images or len(test_ds)))
         models[root], results[root] = model.cpu().eval(), res
     corr_start = time.perf_counter()

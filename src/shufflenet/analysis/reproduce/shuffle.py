@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-from ...complexity import profile
 from ...data import default_spec
 from ...models import create_model, shufflenet_v1_name
 from .. import published as pub
@@ -32,10 +31,9 @@ from .common import (
     data_line,
     fmt_int,
     load_splits,
-    maybe_save,
     option,
     provenance,
-    train_eval,
+    train_save_measure,
 )
 
 __all__ = ["ShuffleConfig", "run_shuffle"]
@@ -130,12 +128,11 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
                         continue
                     torch.manual_seed(seed)
                     model = build(g, w, shuffle)
-                    res = train_eval(model, train_ds, test_ds, run_opts, key)
-                    maybe_save(model, opts, key.replace("/", "_"), spec, train_ds.classes)
-                    rep = profile(model, (spec.in_chans, spec.image_size, spec.image_size))
+                    # trained under this seed, saved recording the base options
+                    res = train_save_measure(
+                        model, train_ds, test_ds, opts, key, spec, train_opts=run_opts
+                    )
                     res.update(
-                        params=rep.params,
-                        macs=rep.macs,
                         groups=g,
                         width=w,
                         shuffle=shuffle,
