@@ -122,6 +122,26 @@ def randomize_bn(module: nn.Module, bias_low: float = -0.5) -> None:
                 m.bias.uniform_(bias_low, 0.5)
 
 
+def seeded_model(
+    model: nn.Module, seed: int = 0, spread: float = 0.3, linear_std: float | None = None
+) -> nn.Module:
+    """Seeded, non-trivial batch-norm statistics and affine parameters (mean and bias ~ N(0, ``spread``),
+    variance and weight ~ U(0.5, 1.5)), so that folding is exercised and outputs are far from zero; with
+    ``linear_std``, linear weights ~ N(0, ``linear_std``) too. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * spread)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * spread)
+            elif linear_std is not None and isinstance(m, nn.Linear):
+                m.weight.normal_(0, linear_std, generator=g)
+    return model.eval()
+
+
 def bn_eval(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """Eval-mode batch norm written out: (x - mean) / sqrt(var + eps) * weight + bias, per channel."""
     shape = (1, -1, 1, 1)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import seeded_model
 from torch import nn
 
 from shufflenet import (
@@ -25,16 +26,7 @@ from shufflenet.deploy.optimized import FusedConv2d, OptimizedShuffleUnit, optim
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
+    return seeded_model(model, seed)
 
 
 def _close(out: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> None:

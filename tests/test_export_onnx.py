@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import seeded_model
 from torch import nn
 
 from shufflenet import create_model, save_model
@@ -21,18 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0, 0.1, generator=gen)
-    return model.eval()
+    return seeded_model(model, seed, spread=0.2, linear_std=0.1)
 
 
 def _ort_run(path, x: torch.Tensor) -> torch.Tensor:

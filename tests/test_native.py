@@ -26,6 +26,8 @@ if find_compiler() is None:
         "no C compiler (cc/gcc/clang): the native engine cannot be built", allow_module_level=True
     )
 
+from conftest import seeded_model
+
 from shufflenet.deploy.native import NativeModule  # noqa: E402
 
 
@@ -38,17 +40,7 @@ def lib():
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial batch-norm statistics, so that folding is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
+    return seeded_model(model, seed)
 
 
 def _check(native: nn.Module, ref_model: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:

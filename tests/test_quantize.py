@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import seeded_model
 from torch import nn
 
 import shufflenet
@@ -28,15 +29,7 @@ from shufflenet.quantize.calibrate import choose_clip
 
 @torch.no_grad()
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
+    return seeded_model(model, seed)
 
 
 def _close_to_float(q: nn.Module, m: nn.Module, x: torch.Tensor, tol: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import seeded_model
 from torch import nn
 
 from shufflenet import ShuffleUnit, create_model
@@ -22,15 +23,7 @@ F32 = np.float32
 
 @torch.no_grad()
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
+    return seeded_model(model, seed)
 
 
 def _pad(a: np.ndarray, fill: int) -> np.ndarray:
