@@ -111,6 +111,13 @@ def _invalid(files) -> dict[str, list[list[str]]]:
             [garbage, "--onnx", f"{root}/m.onnx"],
             [ok, "--onnx", f"{root}/m.onnx", "--input-size", "0"],
         ],
+        "quantize": [
+            [ok, f"{root}/q.safetensors"],  # --data is required
+            [garbage, f"{root}/q.safetensors", "--data", "builtin"],
+            [ok, f"{blocker}/q.safetensors", "--data", "builtin"],
+            [ok, f"{root}/q.safetensors", "--data", "builtin", "--calib-images", "0"],
+            [ok, f"{root}/q.safetensors", "--data", f"{root}/no/such/dir"],
+        ],
         "convert": [
             ["--from", "megvii", f"{root}/missing.pth", f"{root}/out.safetensors"],
             ["--from", "megvii", garbage, f"{root}/out.safetensors"],

@@ -94,5 +94,6 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_train_errors_are_one_line(tmp_path, capsys):
     assert train.main(["--data", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("shufflenet train: error:") and "accepted formats" in err
+    assert err.startswith("shufflenet train: error:") and "accepted: 'builtin'" in err
+    assert err.count("\n") == 1, err
     assert train.main(["--resume", str(tmp_path / "nothing")]) == 2

@@ -106,7 +106,7 @@ def test_parallel_groups_needs_several_processes(tmp_path):
 
 
 def test_dataset_errors_surface_before_training(tmp_path):
-    with pytest.raises(FileNotFoundError, match="accepted formats"):
+    with pytest.raises(FileNotFoundError, match="accepted: 'builtin'"):
         fit(tiny_train_config(tmp_path, data=str(tmp_path / "missing")))
     with pytest.raises(ValueError, match="no full batch"):
         fit(tiny_train_config(tmp_path, batch_size=4096))

@@ -56,7 +56,12 @@ FORMATS = {
 
 
 def _accepted() -> str:
-    return "accepted formats:\n" + "\n".join(f"  - {v}" for v in FORMATS.values())
+    """The accepted formats on one line (error messages are one line; ``FORMATS`` has the details)."""
+    return (
+        "accepted: 'builtin', a directory of MNIST IDX files, CIFAR-10/100 python batches "
+        "(cifar-10-batches-py/, cifar-100-python/) or an image folder (ROOT/<class>/*.jpg|png, or "
+        "ROOT/train/<class>/ with ROOT/val/<class>/)"
+    )
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
