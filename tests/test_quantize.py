@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded_model
+from PIL import Image
 from torch import nn
 
 import shufflenet
@@ -226,6 +227,15 @@ def test_cli_quantize_reports_accuracy(tmp_path, capsys):
     q, info = load_quantized(out)
     assert info.input_spec == spec and info.class_names == list(data.classes)
     assert info.extra["calibration_images"] == 16
+    assert (q.in_chans, q.num_classes) == (1, 10)
+
+    # the int8 file is a model argument like any other: predict names a class for an image
+    img = tmp_path / "digit.png"
+    Image.fromarray(data.images[0].squeeze()).save(img)  # uint8 (H, W, 1) -> grey PNG
+    capsys.readouterr()
+    assert cli_main(["predict", str(out), str(img)]) == 0
+    first = capsys.readouterr().out.split(":", 1)[1].split("(")[0].strip()
+    assert first in data.classes
 
 
 def test_cli_quantize_registered_name(tmp_path, capsys):

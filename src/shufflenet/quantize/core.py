@@ -258,6 +258,9 @@ class QuantizedModel(nn.Module):
         self.method = method
         self.arch_cfg = arch_cfg
         self.in_channels = program.values[0].channels
+        # the attributes every model has, so that commands treat an int8 model like any other
+        self.in_chans = self.in_channels
+        self.num_classes = program.values[program.output].channels
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
