@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["InputSpec", "IMAGENET_MEAN", "IMAGENET_STD"]
+import torch
+
+__all__ = ["InputSpec", "IMAGENET_MEAN", "IMAGENET_STD", "random_prepared"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,3 +71,14 @@ class InputSpec:
             if k in kw:
                 kw[k] = tuple(float(v) for v in kw[k])
         return cls(**kw)
+
+
+def random_prepared(
+    shape: tuple[int, ...], spec: InputSpec, generator: torch.Generator
+) -> torch.Tensor:
+    """Random images of ``shape`` (N, C, H, W) prepared as ``spec`` prescribes: pixels uniform over the
+    convention's range (``[0, spec.scale)``), then ``(x - mean) / std``: realistic activation ranges for parity
+    checks of exported engines."""
+    mean = torch.tensor(spec.mean).reshape(-1, 1, 1)
+    std = torch.tensor(spec.std).reshape(-1, 1, 1)
+    return (torch.rand(*shape, generator=generator) * spec.scale - mean) / std

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.spec import InputSpec
+from ..data.spec import InputSpec, random_prepared
 from ..models import in_channels
 from ..utils.atomic import atomic_path, atomic_write
 from .fold import NotSupportedError, fold_batchnorm
@@ -330,9 +330,7 @@ def _random_inputs(shape, n: int, input_spec: InputSpec | None, seed: int) -> li
         if input_spec is None:
             xs.append(torch.randn(*shape, generator=gen) * 2)
         else:  # an image prepared by the model's convention: realistic activation ranges
-            mean = torch.tensor(input_spec.mean).reshape(-1, 1, 1)
-            std = torch.tensor(input_spec.std).reshape(-1, 1, 1)
-            xs.append((torch.rand(*shape, generator=gen) * input_spec.scale - mean) / std)
+            xs.append(random_prepared(shape, input_spec, gen))
     return xs
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.spec import InputSpec
+from ..data.spec import InputSpec, random_prepared
 from ..models import in_channels
 from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
 from ..utils.atomic import atomic_path, atomic_write
@@ -391,9 +391,7 @@ def check_ncnn(
         if input_spec is None:
             x = torch.randn(*shape, generator=gen)
         else:
-            mean = torch.tensor(input_spec.mean).reshape(-1, 1, 1)
-            std = torch.tensor(input_spec.std).reshape(-1, 1, 1)
-            x = (torch.rand(*shape, generator=gen) * input_spec.scale - mean) / std
+            x = random_prepared(shape, input_spec, gen)
         ref = m(x)
         got = runner(x)
         if got.shape != ref.shape:

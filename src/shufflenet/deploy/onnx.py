@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from ..data.spec import InputSpec
+from ..data.spec import InputSpec, random_prepared
 from ..models import in_channels
 from ..utils.atomic import atomic_path
 from .fold import fold_batchnorm
@@ -547,9 +547,7 @@ def check_onnx(
         if input_spec is None:
             x = torch.randn(*shape, generator=gen)
         else:
-            mean = torch.tensor(input_spec.mean).reshape(-1, 1, 1)
-            std = torch.tensor(input_spec.std).reshape(-1, 1, 1)
-            x = (torch.rand(*shape, generator=gen) * input_spec.scale - mean) / std
+            x = random_prepared(shape, input_spec, gen)
         ref = m(x).numpy()
         try:
             got = session.run(None, {name: x.numpy()})[0]

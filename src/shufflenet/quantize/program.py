@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
+from ..deploy.native.lower import Op
 
 __all__ = ["QOp", "QValue", "QProgram", "requant", "qrange"]
 
@@ -77,14 +78,8 @@ class QOp:
         "pool",
     )
 
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.kind in (OP_GAP, OP_FC):
-            return 1, 1
-        if self.kind in (OP_CONV, OP_DW, OP_POOL) and self.stride == 2:
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        if self.kind == OP_CONV and self.pool:
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        return h, w
+    # the float program's rule (the same kind, stride and pool fields)
+    out_hw = Op.out_hw
 
 
 @dataclass
