@@ -40,14 +40,25 @@ def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tenso
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
-            f"{str(path)!r} cannot be loaded as plain tensors (torch.load(weights_only=True) refused it; "
-            f"it would need to run code from the file, which is never done here): {e}"
+            f"{str(path)!r} cannot be loaded as plain tensors: it is no shufflenet model file, and "
+            f"torch.load(weights_only=True) refused it ({_reason(e)}); code from a file is never run here"
         ) from e
     except Exception as e:  # the unpickler raises many types on damaged or foreign files
         raise ValueError(
-            f"{str(path)!r} is not a readable torch.save file ({type(e).__name__}: {e})"
+            f"{str(path)!r} is not a readable torch.save file ({type(e).__name__}: {_reason(e)})"
         ) from e
     return unwrap_state_dict(obj, source=str(path))
+
+
+def _reason(e: BaseException) -> str:
+    """The informative line of a loader's error (torch's weights-only refusal spans several paragraphs;
+    its ``WeightsUnpickler error:`` line says what was refused), so that messages stay one line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(e).__name__
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
