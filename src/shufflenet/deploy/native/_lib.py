@@ -95,9 +95,12 @@ def _load() -> NativeLibrary:
     lib.sn_profile.argtypes = [
         ctypes.POINTER(SnPlan),
         ctypes.c_int,
+        ctypes.c_int,
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_int32),
     ]
     mask = int(lib.sn_isa_mask())
     supported = tuple(n for i, n in enumerate(ISA_NAMES) if mask >> i & 1)

@@ -133,15 +133,27 @@ static void pw_blocks(int N, int *nb, int *base, int *extra)
 
 SN_INLINE int blk_start(int bi, int base, int extra) { return bi * base + MIN(bi, extra); }
 
+/* Register tiles of PW_NV_DEFAULT pixel vectors that pixel ranges are cut from: only the full vectors count when
+ * the partial last one goes to pw_tail (cheap: a 7x7 plane is 3 full vectors and 1 pixel, one tile, so that it is
+ * split over output channels rather than into a share with all the work and one with a pixel). */
+static int pw_tiles(const sn_op *op)
+{
+    const int P = op->H * op->W;
+    int nb, base, extra;
+    pw_blocks(op->N, &nb, &base, &extra);
+    const int tail = base + (extra > 0) <= VW;
+    return MAX(1, CDIV(tail ? P / VW : CDIV(P, VW), PW_NV_DEFAULT));
+}
+
 static void pw_split(const sn_op *op, int T, int *ps, int *ns)
 {
-    const int P = op->H * op->W, nvec = CDIV(P, VW);
+    const int P = op->H * op->W;
     const double work = (double)P * op->K * op->N * op->groups;
     const int d = split_count(work, T, 1 << 20);
     const int dg = CDIV(d, op->groups);
     int nb, base, extra;
     pw_blocks(op->N, &nb, &base, &extra);
-    *ps = MAX(1, MIN(dg, CDIV(nvec, PW_NV_DEFAULT))); /* pixel ranges: whole register tiles */
+    *ps = MAX(1, MIN(dg, pw_tiles(op))); /* pixel ranges: whole register tiles */
     *ns = MAX(1, MIN(CDIV(dg, *ps), nb));
 }
 
@@ -255,9 +267,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     /* pixel-major: consecutive chunks are one pixel range, all groups (see dw_run) */
     const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), g = r / ns, ni = r % ns;
     const int P = op->H * op->W, nvec = CDIV(P, VW), K = op->K, N = op->N;
-    const int ntiles = CDIV(nvec, PW_NV_DEFAULT);
+    const int ntiles = pw_tiles(op);
     const int v0 = (int)((int64_t)ntiles * pi / ps) * PW_NV_DEFAULT;
-    const int v1 = MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
+    const int v1 = pi == ps - 1 ? nvec : MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
     const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
     if (v0 >= v1 || b0 >= b1) return;
     const float *a = slot[op->src];
@@ -678,14 +690,21 @@ static int op_nchunks(const sn_op *op, int T)
         int nblk;
         return split_count(P * op->K * op->cout / 8.0, T, qpw_units(op, &nblk));
     }
-    case SN_OP_QDW:
+    case SN_OP_QDW: {
+        /* one dot product per output, tap and channel, as the float depthwise conv */
+        int pp, pq;
+        const int units = op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+        qdw_split(op, split_count(9.0 * OP * op->cout, T, units * CDIV(op->cout, 4)), &pp, &pq);
+        return pp * pq;
+    }
     case SN_OP_QMAX:
         return split_count(9.0 * OP * op->cout / 4.0, T, op->OH);
     case SN_OP_QCONV:
         return split_count(9.0 * OP * op->cout * CDIV(op->cin, 4) / 4.0, T, op->OH);
     case SN_OP_QGAP:
-    case SN_OP_QPACK:
         return split_count(P * op->cout, T, CDIV(op->cout, 4));
+    case SN_OP_QPACK: /* a division per value */
+        return split_count(4.0 * P * op->cout, T, CDIV(op->H * op->W, VW));
     case SN_OP_QOUT:
         return split_count(P * op->cout, T, op->cout);
     default:
