@@ -688,7 +688,7 @@ static int op_nchunks(const sn_op *op, int T)
         return split_count(P * op->cout, T, op->cout);
     case SN_OP_QPW: {
         int nblk;
-        return split_count(P * op->K * op->cout / 8.0, T, qpw_units(op, &nblk));
+        return split_count(P * op->K * op->cout / 3.0, T, qpw_units(op, &nblk)); /* ~3x the float rate */
     }
     case SN_OP_QDW: {
         /* one dot product per output, tap and channel, as the float depthwise conv */
