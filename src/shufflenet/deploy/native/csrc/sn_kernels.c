@@ -392,16 +392,26 @@ static void chan_range(int C, int chunk, int n, int *c0, int *c1)
 }
 
 /* chunks are ranges of pixel vectors (stride 1) or output rows (stride 2), over all channels, so that
- * consecutive chunks (one thread's share) cover one region of the image in every op */
+ * consecutive chunks (one thread's share) cover one region of the image in every op; a small plane (a 7x7
+ * one is 4 vectors, the last of one pixel) is split over channels instead, so that the shares cost the same */
+static int dw_by_channels(const sn_op *op, int n)
+{
+    const int units = op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+    return n > 1 && units < 4 * n && units < op->cout;
+}
+
 static void dw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     const int s1 = op->kind == SN_OP_DW && op->stride == 1;
     const int len = s1 ? CDIV(op->H * op->W, VW) : op->OH;
-    int r0, r1;
-    chan_range(len, chunk, n, &r0, &r1);
+    int r0 = 0, r1 = len, ca = 0, cb = op->cout;
+    if (dw_by_channels(op, n))
+        chan_range(op->cout, chunk, n, &ca, &cb);
+    else
+        chan_range(len, chunk, n, &r0, &r1);
     if (r0 >= r1) return;
     const int64_t si = cs[op->src], so = cs[op->dst];
-    for (int c = 0; c < op->cout; c++) {
+    for (int c = ca; c < cb; c++) {
         const float *ip = slot[op->src] + (ptrdiff_t)(op->src_coff + c) * si;
         float *opl = slot[op->dst] + (ptrdiff_t)(op->dst_coff + c) * so;
         const float bias = op->b ? op->b[c] : 0.0f;
@@ -675,9 +685,11 @@ static int op_nchunks(const sn_op *op, int T)
         return op->groups * ps * ns;
     }
     case SN_OP_DW:
-    case SN_OP_POOL:
-        return split_count(9.0 * OP * op->cout, T,
-                           op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH);
+    case SN_OP_POOL: {
+        const int units = op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+        const int d = split_count(9.0 * OP * op->cout, T, MAX(units, op->cout));
+        return dw_by_channels(op, d) ? MIN(d, op->cout) : MIN(d, units);
+    }
     case SN_OP_CONV:
         return split_count(9.0 * OP * op->cout * op->cin * (op->pool ? 4 : 1), T, op->OH);
     case SN_OP_GAP:
