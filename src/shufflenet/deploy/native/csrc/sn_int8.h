@@ -326,7 +326,7 @@ SN_INLINE void q_taps(const int32_t *pl, int H, int W, int stride, int oy, int o
  * chains, interleaved (the latency of one chain would otherwise dominate). Stride 1 runs along the flattened
  * plane (a vector may span rows, so a 7x7 plane is 4 vectors, not 7 rows of 7 lanes): the tap masks combine
  * the plane's bounds with op->masks (per pixel vector: lanes with a left / right neighbour). Stride 2 runs
- * row by row (q_taps). Work is split over pixel vectors (stride 1) or output rows (stride 2), over output
+ * row by row (qdw_s2_vec). Work is split over pixel vectors (stride 1) or output rows (stride 2), over output
  * quads when a plane has few of those (see qdw_split). */
 static void qdw_split(const sn_op *op, int n, int *pp, int *pq)
 {
@@ -352,6 +352,50 @@ SN_INLINE void qdw_quad(const int32_t *const src[4], const int32_t *wq, const in
     UNROLL for (int k = 0; k < 9; k++) {
         UNROLL for (int b = 0; b < 4; b++) {
             if (b < nb) acc[b] = q_dot(acc[b], q_prep(vi_loadz(src[b] + off[k], mk[k]), sgn), q_prepw(wq[9 * b + k]));
+        }
+    }
+    vi out = vi_zero();
+    UNROLL for (int b = 0; b < 4; b++) {
+        if (b < nb) out = vi_or(out, q_requant(acc[b], m[b], c[b], 0, v_zero(), 0.f, lo, hi, b));
+    }
+    vi_storem(dst, out, mst);
+}
+
+/* Stride 2: one output quad, one vector of output row oy from column ox0. The taps of an input row are the
+ * even / odd columns of two vector pairs; `same` (all four channels read one plane) forms them once for all
+ * four, else once per channel. Rows outside the image are zero taps, like columns (VNNI: comp counts them). */
+SN_INLINE void qdw_s2_vec(const int same, const int32_t *const src[4], const int32_t *wq, const int32_t *comp,
+                          const float *m, const float *c, int nb, int H, int W, int oy, int ox0, vf lo, vf hi,
+                          int sgn, int32_t *dst, vm mst)
+{
+    vi acc[4];
+    UNROLL for (int b = 0; b < 4; b++) acc[b] = comp ? vi_set1(comp[b]) : vi_zero();
+    const int xs = 2 * ox0;
+    const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
+    const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
+    UNROLL for (int dy = 0; dy < 3; dy++) {
+        const int iy = 2 * oy - 1 + dy, inside = iy >= 0 && iy < H;
+        UNROLL for (int b = 0; b < 4; b++) {
+            if (b >= nb || (same && b > 0)) break;
+            vi t[3] = {vi_zero(), vi_zero(), vi_zero()};
+            if (inside) {
+                const int32_t *row = src[b] + (ptrdiff_t)iy * W + xs;
+                const vf L0 = vi_asf(vi_loadz(row, mA)), L1 = vi_asf(vi_loadz(row + VW, mB));
+                const vf M0 = vi_asf(vi_loadz(row - 1, mC)), M1 = vi_asf(vi_loadz(row - 1 + VW, mD));
+                t[0] = vf_asi(v_even(M0, M1));
+                t[1] = vf_asi(v_even(L0, L1));
+                t[2] = vf_asi(v_odd(L0, L1));
+            }
+            UNROLL for (int j = 0; j < 3; j++) {
+                const qa a = q_prep(t[j], sgn);
+                if (same) {
+                    UNROLL for (int e = 0; e < 4; e++) {
+                        if (e < nb) acc[e] = q_dot(acc[e], a, q_prepw(wq[9 * e + 3 * dy + j]));
+                    }
+                } else {
+                    acc[b] = q_dot(acc[b], a, q_prepw(wq[9 * b + 3 * dy + j]));
+                }
+            }
         }
     }
     vi out = vi_zero();
@@ -406,34 +450,21 @@ static void qdw_run(const sn_op *op, float *const *slot, const int64_t *cs, int 
     for (int jq = jq0; jq < jq1; jq++) {
         const int o0 = 4 * jq, nb = MIN(4, op->cout - o0);
         const int32_t *src[4];
-        for (int b = 0; b < 4; b++) src[b] = qplane(slot, cs, op->src, op->koff[o0 + MIN(b, nb - 1)] / 4);
-        int first[4]; /* the first channel of the quad that reads the same input plane */
+        int same = 1; /* all channels of the quad read one input plane (no shuffle: an average pool) */
         for (int b = 0; b < 4; b++) {
-            first[b] = b;
-            for (int e = b - 1; e >= 0; e--)
-                if (src[e] == src[b]) first[b] = e;
+            src[b] = qplane(slot, cs, op->src, op->koff[o0 + MIN(b, nb - 1)] / 4);
+            same &= src[b] == src[0];
         }
         int32_t *dst = qplane(slot, cs, op->dst, op->dst_coff / 4 + jq);
-        const int32_t *wq = wp + (ptrdiff_t)o0 * 9;
+        const int32_t *wq = wp + (ptrdiff_t)o0 * 9, *comp = vnni_comp ? op->comp + o0 : NULL;
         for (int oy = y0; oy < y1; oy++)
             for (int ox0 = 0; ox0 < op->OW; ox0 += VW) {
-                vi acc[4];
-                for (int b = 0; b < 4; b++) acc[b] = vnni_comp ? vi_set1(op->comp[o0 + b]) : vi_zero();
-                for (int b = 0; b < nb; b++) {
-                    if (first[b] != b) continue;
-                    vi t[9];
-                    q_taps(src[b], H, W, 2, oy, ox0, vi_zero(), t);
-                    UNROLL for (int k = 0; k < 9; k++) {
-                        const qa a = q_prep(t[k], sgn);
-                        UNROLL for (int e = 0; e < 4; e++) {
-                            if (e < nb && first[e] == b) acc[e] = q_dot(acc[e], a, q_prepw(wq[9 * e + k]));
-                        }
-                    }
-                }
-                vi out = vi_zero();
-                for (int b = 0; b < nb; b++)
-                    out = vi_or(out, q_requant(acc[b], op->m[o0 + b], op->b[o0 + b], 0, v_zero(), 0.f, lo, hi, b));
-                vi_storem(dst + (ptrdiff_t)oy * op->OW + ox0, out, v_mask_n(op->OW - ox0));
+                int32_t *d = dst + (ptrdiff_t)oy * op->OW + ox0;
+                const vm mst = v_mask_n(op->OW - ox0);
+                if (same)
+                    qdw_s2_vec(1, src, wq, comp, op->m + o0, op->b + o0, nb, H, W, oy, ox0, lo, hi, sgn, d, mst);
+                else
+                    qdw_s2_vec(0, src, wq, comp, op->m + o0, op->b + o0, nb, H, W, oy, ox0, lo, hi, sgn, d, mst);
             }
     }
 }
