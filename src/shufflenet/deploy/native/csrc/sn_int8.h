@@ -508,14 +508,20 @@ static void qconv_run(const sn_op *op, float *const *slot, const int64_t *cs, in
                 for (int k = 0; k < 9; k++) ta[q * 9 + k] = q_prep(t[k], sgn);
             }
             for (int jq = 0; jq < CDIV(op->cout, 4); jq++) {
-                vi out = vi_zero();
-                for (int b = 0; b < 4 && 4 * jq + b < op->cout; b++) {
-                    const int o = 4 * jq + b;
-                    vi acc = vnni_comp ? vi_set1(op->comp[o]) : vi_zero();
-                    const int32_t *wo = wp + (ptrdiff_t)o * nq * 9;
-                    for (int k = 0; k < nq * 9; k++) acc = q_dot(acc, ta[k], q_prepw(wo[k]));
-                    out = vi_or(out, q_requant(acc, op->m[o], op->b[o], 0, v_zero(), 0.f, lo, hi, b));
+                /* the quad's four channels as four interleaved chains (a channel past cout repeats the last
+                 * one and is not stored) */
+                const int o0 = 4 * jq, nb = MIN(4, op->cout - o0);
+                vi acc[4];
+                const int32_t *wo[4];
+                UNROLL for (int b = 0; b < 4; b++) {
+                    acc[b] = vnni_comp ? vi_set1(op->comp[o0 + MIN(b, nb - 1)]) : vi_zero();
+                    wo[b] = wp + (ptrdiff_t)(o0 + MIN(b, nb - 1)) * nq * 9;
                 }
+                for (int k = 0; k < nq * 9; k++)
+                    UNROLL for (int b = 0; b < 4; b++) acc[b] = q_dot(acc[b], ta[k], q_prepw(wo[b][k]));
+                vi out = vi_zero();
+                for (int b = 0; b < nb; b++)
+                    out = vi_or(out, q_requant(acc[b], op->m[o0 + b], op->b[o0 + b], 0, v_zero(), 0.f, lo, hi, b));
                 vi_storem(qplane(slot, cs, op->dst, jq) + (ptrdiff_t)oy * op->OW + ox0, out,
                           v_mask_n(op->OW - ox0));
             }
