@@ -325,35 +325,19 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
                 "stride-1 ShuffleUnit whose branch width differs from its input"
             )
         y = prog.new_value(cin)
-        prog.ops.append(
-            Op(
-                OP_PW,
-                m2,
-                y,
-                res=x,
-                act=ACT_RELU,
-                cin=mid,
-                cout=branch,
-                groups=g,
-                K=k_in,
-                N=n_out,
-                w=wt,
-                b=be,
-                kidx=kidx,
-            )
-        )
-        return y
-    if not isinstance(u.shortcut, nn.AvgPool2d):
-        raise NotSupportedError("stride-2 ShuffleUnit without an AvgPool2d shortcut")
-    y = prog.new_value(cin + branch)
-    # concatenation: the pooled input in channels [0, cin), the branch after it
-    _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)
+        out = {"res": x}  # the residual add
+    else:
+        if not isinstance(u.shortcut, nn.AvgPool2d):
+            raise NotSupportedError("stride-2 ShuffleUnit without an AvgPool2d shortcut")
+        y = prog.new_value(cin + branch)
+        # concatenation: the pooled input in channels [0, cin), the branch after it
+        _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)
+        out = {"dst_coff": cin}
     prog.ops.append(
         Op(
             OP_PW,
             m2,
             y,
-            dst_coff=cin,
             act=ACT_RELU,
             cin=mid,
             cout=branch,
@@ -363,6 +347,7 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
             w=wt,
             b=be,
             kidx=kidx,
+            **out,
         )
     )
     return y
