@@ -20,15 +20,13 @@ import sys
 import torch
 
 from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
-from .common import add_model_argument, resolve_cli_model
+from .common import add_model_argument, command_parser, resolve_cli_model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shufflenet bench",
-        description="Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its "
-        "own process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        "shufflenet bench",
+        "Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its own process.",
     )
     add_model_argument(p)
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
