@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
+from ..utils import torch_threads
 from .common import add_model_argument, command_parser, resolve_cli_model
 
 
@@ -90,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = resolved.model
     input_size = args.input_size or (resolved.input_spec.image_size if resolved.path else 224)
-    threads_before = torch.get_num_threads()
     log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    try:
+    with torch_threads(None):  # leave the process's thread count as it was
         res = run_benchmark(
             model,
             batch=args.batch,
@@ -106,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             arch=resolved.name,
             arch_kwargs=resolved.arch_kwargs,
         )
-    finally:
-        torch.set_num_threads(threads_before)  # leave the process's thread count as it was
     res.model = resolved.name
     print(format_table(res))
     if args.json:
