@@ -22,6 +22,19 @@ from ..utils import torch_threads
 from .common import add_model_argument, command_parser, resolve_cli_model
 
 
+def add_timing_options(p: argparse.ArgumentParser) -> None:
+    """``--runs``, ``--warmup`` and ``--load-window``: how every backend is timed
+    (:func:`shufflenet.deploy.benchmark.run_benchmark`)."""
+    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
+    p.add_argument(
+        "--load-window",
+        type=float,
+        default=1.0,
+        help="seconds over which other processes' CPU use is sampled before each backend",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "shufflenet bench",
@@ -41,14 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input height = width, pixels; unset: the model file's image size, else 224",
     )
-    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
-    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
-    p.add_argument(
-        "--load-window",
-        type=float,
-        default=1.0,
-        help="seconds over which other processes' CPU use is sampled before each backend",
-    )
+    add_timing_options(p)
     p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
