@@ -292,3 +292,21 @@ def megvii_file(tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
     path = tmp_path_factory.mktemp("megvii") / "snetv1_g3_0.5x.pth.tar"
     save_release_file(path, state)
     return state, path
+
+
+# ----------------------------------------------------------------- pickles that would run code
+#: the calls unpickling a :class:`CodeOnLoad` made: the evidence that a reader ran code from a file
+CODE_RAN: list[tuple] = []
+
+
+def _record_call(*args):
+    """Stands for the code a malicious pickle would run."""
+    CODE_RAN.append(args)
+    return {}
+
+
+class CodeOnLoad:
+    """Pickles as a call of a function (an unrestricted unpickler makes it, appending to :data:`CODE_RAN`)."""
+
+    def __reduce__(self):
+        return (_record_call, ("code ran",))

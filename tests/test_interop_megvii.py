@@ -7,7 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RELEASE, RELEASE_REPEATS, megvii_state, save_release_file, state_batch_norm
+from conftest import (
+    CODE_RAN,
+    RELEASE,
+    RELEASE_REPEATS,
+    CodeOnLoad,
+    megvii_state,
+    save_release_file,
+    state_batch_norm,
+)
 
 from shufflenet import create_model, load_model
 from shufflenet.cli.convert import main as convert_main
@@ -227,28 +235,16 @@ def test_damaged_state_dicts_are_reported():
         convert_megvii_v1({"fc.weight": torch.zeros(2, 2)})
 
 
-_EXECUTED = []
-
-
-def _mark_executed(*args):
-    _EXECUTED.append(args)
-    return {}
-
-
-class _CodeOnLoad:
-    def __reduce__(self):
-        return (_mark_executed, ("loaded",))
-
-
 def test_pickles_needing_code_are_refused_not_run(tmp_path):
+    CODE_RAN.clear()
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": _CodeOnLoad()}, path)
+    torch.save({"state_dict": CodeOnLoad()}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_megvii_v1(path)
     assert convert_main(["--from", "megvii", str(path), str(tmp_path / "o.safetensors")]) == 2
-    assert _EXECUTED == []
+    assert CODE_RAN == []
     assert not (tmp_path / "o.safetensors").exists()
     # the file does carry code: the unrestricted unpickler runs it (our own test object, harmless)
     torch.load(path, weights_only=False)
-    assert _EXECUTED == [("loaded",)]
-    _EXECUTED.clear()
+    assert CODE_RAN == [("code ran",)]
+    CODE_RAN.clear()

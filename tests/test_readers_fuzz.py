@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CODE_RAN, CodeOnLoad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -39,25 +40,12 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-CALLS: list[tuple] = []
-
-
-def _canary(*args):
-    """Stands for code a malicious pickle would run; recording the call is the evidence."""
-    CALLS.append(args)
-    return {}
-
-
-class _Payload:
-    def __reduce__(self):
-        return (_canary, ("code ran",))
-
 
 @pytest.fixture(autouse=True)
 def no_code_ran():
-    CALLS.clear()
+    CODE_RAN.clear()
     yield
-    assert CALLS == [], "a reader executed code from a file"
+    assert CODE_RAN == [], "a reader executed code from a file"
 
 
 # ----------------------------------------------------------------- damaged variants of a valid file
@@ -181,7 +169,7 @@ def _cifar_files(protocol: int) -> dict[str, bytes]:
 
 
 CIFAR = {p: _cifar_files(p) for p in (2, 4)}
-EVIL = pickle.dumps({b"labels": [3], b"data": _Payload()}, protocol=2)
+EVIL = pickle.dumps({b"labels": [3], b"data": CodeOnLoad()}, protocol=2)
 
 
 @FUZZ
@@ -248,7 +236,7 @@ def _torch_files() -> dict[str, bytes]:
         for name, obj, zipped in (
             ("zip", {"state_dict": state}, True),
             ("legacy", {"model": state}, False),
-            ("evil", {"w": torch.zeros(2), "x": _Payload()}, True),
+            ("evil", {"w": torch.zeros(2), "x": CodeOnLoad()}, True),
         )
     }
 
