@@ -18,6 +18,7 @@ from torch import nn
 from shufflenet import ChannelShuffle, ChannelUnshuffle, create_model, save_model
 from shufflenet.cli.export import main as export_main
 from shufflenet.deploy.executorch import (
+    ExecuTorchRunner,
     _avg_pool2d_padded,
     _split_even_as_slices,
     check_executorch,
@@ -282,3 +283,24 @@ def test_bench_runs_each_backend_in_its_own_process():
         assert len(r.times_ms) == 3 and r.max_rel_error < 1e-4
         assert r.other_cores_during is None or r.other_cores_during >= 0
     assert "0 ops outside" in res.backends["executorch"].engine
+
+
+@needs_executorch
+def test_executorch_refuses_ops_the_runtime_cannot_run():
+    # LocalResponseNorm becomes avg_pool3d outside the delegate, and the portable runtime has no kernel for it:
+    # the export says so instead of writing a program that fails to load
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(3), nn.Flatten(), nn.LazyLinear(2)
+    )
+    model(torch.randn(1, 3, 8, 8))
+    with pytest.raises(
+        NotSupportedError,
+        match=r"no portable kernel for aten::avg_pool3d \(1 \(LocalResponseNorm\)\)",
+    ):
+        export_executorch(model, None, input_size=8, allow_outside=True)
+
+
+@needs_executorch
+def test_executorch_runner_rejects_a_file_that_is_not_a_program():
+    with pytest.raises(ValueError, match="not a loadable ExecuTorch program"):
+        ExecuTorchRunner(b"not a program" * 8)

@@ -148,6 +148,19 @@ def _decompositions() -> dict:
     }
 
 
+def _runtime_has_kernel(op: str) -> bool:
+    """Whether ExecuTorch's runtime (its Python bindings) registers an out-variant kernel for an edge op such
+    as ``aten::pow.Tensor_Scalar`` (kernel ``aten::pow.Tensor_Scalar_out``) or ``aten::avg_pool3d``
+    (``aten::avg_pool3d.out``). Without the bindings nothing can be checked: ``True``."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return True
+    base, _, overload = op.partition(".")
+    names = set(portable_lib._get_operator_names())
+    return f"{base}.out" in names or (bool(overload) and f"{base}.{overload}_out" in names)
+
+
 def _layer_of(node: torch.fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
@@ -209,7 +222,7 @@ def export_executorch(
     delegates = 0
     delegated = 0
     outside: Counter[str] = Counter()
-    layers: list[str] = []
+    layers_of: dict[str, list[str]] = {}
     for node in graph.graph.nodes:
         if node.op != "call_function":
             continue
@@ -224,14 +237,22 @@ def export_executorch(
             op = str(getattr(target, "_name", None) or getattr(target, "__name__", target))
             outside[op] += 1
             layer = _layer_of(node)
-            if layer not in layers:
-                layers.append(layer)
+            if layer not in layers_of.setdefault(op, []):
+                layers_of[op].append(layer)
+    layers = list(dict.fromkeys(layer for op_layers in layers_of.values() for layer in op_layers))
     if outside and not allow_outside:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(outside.items()))
         raise NotSupportedError(
             f"{ENGINE} does not take these layers of {type(model).__name__}: {', '.join(layers)} "
             f"(ops left outside the delegate: {ops}); pass allow_outside=True (--allow-outside) to keep "
             "them on ExecuTorch's portable kernels"
+        )
+    missing = [op for op in sorted(outside) if not _runtime_has_kernel(op)]
+    if missing:
+        where = "; ".join(f"{op} ({', '.join(layers_of[op])})" for op in missing)
+        raise NotSupportedError(
+            f"{ENGINE}: the ExecuTorch runtime installed here has no portable kernel for {where}, so the "
+            "program would not load; these layers must be replaced or delegated"
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -294,8 +315,14 @@ class ExecuTorchRunner:
                 raise ValueError(f"threads={threads} must be >= 1")
             portable_lib._unsafe_reset_threadpool(int(threads))
         data = program if isinstance(program, bytes) else Path(program)
-        self.program = Runtime.get().load_program(data)
-        self.method = self.program.load_method("forward")
+        try:
+            self.program = Runtime.get().load_program(data)
+        except RuntimeError as e:  # not an ExecuTorch program, or a damaged one
+            raise ValueError(f"not a loadable ExecuTorch program ({e})") from e
+        try:
+            self.method = self.program.load_method("forward")
+        except RuntimeError as e:  # e.g. 0x14: an operator without a kernel in this runtime
+            raise NotSupportedError(f"the ExecuTorch runtime cannot load this program: {e}") from e
 
     @property
     def input_shape(self) -> tuple[int, ...]:
