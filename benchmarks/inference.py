@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from shufflenet.cli.bench import add_timing_options
 from shufflenet.complexity import profile
 from shufflenet.deploy.benchmark import (
     BENCH_BACKENDS,
@@ -79,16 +80,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--backends", default=None, help=f"comma-separated subset of {','.join(BACKENDS)}"
     )
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument(
-        "--runs", type=int, default=200, help="timed forward passes per backend (median, p10, p90)"
-    )
-    p.add_argument("--warmup", type=int, default=10, help="untimed passes per backend")
-    p.add_argument(
-        "--load-window",
-        type=float,
-        default=1.0,
-        help="seconds of load sampling before each backend",
-    )
+    add_timing_options(p)
     p.add_argument(
         "--no-shuffle", action="store_true", help="skip the shuffle bandwidth measurement"
     )

@@ -7,6 +7,7 @@ import fnmatch
 import math
 import os
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,91 @@ TINY_TRAIN = dict(
 def tiny_train_config(tmp_path, **kw) -> TrainConfig:
     """:data:`TINY_TRAIN` writing to ``tmp_path``, with ``kw`` overriding."""
     return TrainConfig(**{**TINY_TRAIN, "output": str(tmp_path), **kw})
+
+
+# ----------------------------------------------------------------- Megvii ShuffleNet v1 release checkpoints
+# The release's widths: (groups, model size) -> (stem, stage2, stage3, stage4).
+RELEASE = {
+    (3, "0.5x"): (12, 120, 240, 480),
+    (3, "1.0x"): (24, 240, 480, 960),
+    (3, "1.5x"): (24, 360, 720, 1440),
+    (3, "2.0x"): (48, 480, 960, 1920),
+    (8, "0.5x"): (16, 192, 384, 768),
+    (8, "1.0x"): (24, 384, 768, 1536),
+    (8, "1.5x"): (24, 576, 1152, 2304),
+    (8, "2.0x"): (48, 768, 1536, 3072),
+}
+RELEASE_REPEATS = (4, 8, 4)
+
+
+def _random_bn(prefix: str, c: int, gen: torch.Generator, state: dict) -> None:
+    state[f"{prefix}.weight"] = torch.rand(c, generator=gen) + 0.5
+    state[f"{prefix}.bias"] = torch.randn(c, generator=gen) * 0.1
+    state[f"{prefix}.running_mean"] = torch.randn(c, generator=gen) * 0.1
+    state[f"{prefix}.running_var"] = torch.rand(c, generator=gen) + 0.5
+    state[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
+
+
+def _random_conv(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    fan_in = shape[1] * shape[2] * shape[3]
+    return torch.randn(*shape, generator=gen) * (2.0 / fan_in) ** 0.5
+
+
+def megvii_state(
+    groups: int, widths: tuple[int, ...], num_classes: int = 1000, seed: int = 0
+) -> dict:
+    """A random state dict with the key names and shapes of the release's ShuffleNetV1."""
+    gen = torch.Generator().manual_seed(seed)
+    stem, stages = widths[0], widths[1:]
+    state: dict[str, torch.Tensor] = {"first_conv.0.weight": _random_conv((stem, 3, 3, 3), gen)}
+    _random_bn("first_conv.1", stem, gen, state)
+    inp, k = stem, 0
+    for s, (oup, n) in enumerate(zip(stages, RELEASE_REPEATS)):
+        for i in range(n):
+            stride = 2 if i == 0 else 1
+            mid = oup // 4
+            branch = oup - inp if stride == 2 else oup
+            g1 = 1 if (s == 0 and i == 0) else groups
+            p = f"features.{k}"
+            state[f"{p}.branch_main_1.0.weight"] = _random_conv((mid, inp // g1, 1, 1), gen)
+            _random_bn(f"{p}.branch_main_1.1", mid, gen, state)
+            state[f"{p}.branch_main_1.3.weight"] = _random_conv((mid, 1, 3, 3), gen)
+            _random_bn(f"{p}.branch_main_1.4", mid, gen, state)
+            state[f"{p}.branch_main_2.0.weight"] = _random_conv((branch, mid // groups, 1, 1), gen)
+            _random_bn(f"{p}.branch_main_2.1", branch, gen, state)
+            inp, k = oup, k + 1
+    state["classifier.0.weight"] = torch.randn(num_classes, inp, generator=gen) * 0.01
+    return state
+
+
+def save_release_file(path: str | os.PathLike[str], state: dict[str, torch.Tensor]) -> None:
+    """As the release's training script saves: {'state_dict': DataParallel state dict} (``module.`` keys)."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+
+
+@pytest.fixture(scope="module")
+def megvii_file(tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
+    """``(state, path)``: a Megvii ShuffleNet v1 g=3 0.5x checkpoint with random weights, as the release
+    stores it (:func:`save_release_file`)."""
+    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=3)
+    path = tmp_path_factory.mktemp("megvii") / "snetv1_g3_0.5x.pth.tar"
+    save_release_file(path, state)
+    return state, path
+
+
+# ----------------------------------------------------------------- pickles that would run code
+#: the calls unpickling a :class:`CodeOnLoad` made: the evidence that a reader ran code from a file
+CODE_RAN: list[tuple] = []
+
+
+def _record_call(*args):
+    """Stands for the code a malicious pickle would run."""
+    CODE_RAN.append(args)
+    return {}
+
+
+class CodeOnLoad:
+    """Pickles as a call of a function (an unrestricted unpickler makes it, appending to :data:`CODE_RAN`)."""
+
+    def __reduce__(self):
+        return (_record_call, ("code ran",))

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import RELEASE, megvii_state, save_release_file
 from PIL import Image
-from test_interop_megvii import RELEASE, megvii_state
 from test_interop_megvii import reference_forward as megvii_forward
 
 from shufflenet import InputSpec, create_model, profile, save_model
@@ -23,7 +23,7 @@ def release(tmp_path_factory):
     root = tmp_path_factory.mktemp("release")
     state = megvii_state(3, RELEASE[(3, "0.5x")], num_classes=5, seed=2)
     path = root / "ShuffleNetV1-g3-0.5x.pth.tar"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    save_release_file(path, state)
     image = root / "img.png"
     Image.new("RGB", (50, 40), (200, 30, 90)).save(image)
     return state, path, image

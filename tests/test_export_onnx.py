@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import seeded_model
+from conftest import RELEASE, megvii_state, save_release_file, seeded_model
 from torch import nn
 
 from shufflenet import create_model, save_model
@@ -105,13 +105,13 @@ def test_checkpoint_to_onnx_to_ort_end_to_end(tmp_path, capsys):
 
 
 def test_converted_megvii_checkpoint_exports(tmp_path, capsys):
-    from test_interop_megvii import RELEASE, megvii_state, reference_forward
+    from test_interop_megvii import reference_forward
 
     from shufflenet.cli.convert import main as convert_main
 
     state = megvii_state(3, RELEASE[(3, "0.5x")], seed=11)
     src, ckpt, out = tmp_path / "m.pth", tmp_path / "m.safetensors", tmp_path / "m.onnx"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, src)
+    save_release_file(src, state)
     assert convert_main(["--from", "megvii", str(src), str(ckpt)]) == 0
     assert export_main([str(ckpt), "--onnx", str(out), "--no-dynamo", "--opset", "17"]) == 0
     assert "max abs difference" in capsys.readouterr().out

@@ -10,7 +10,6 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_interop_megvii import RELEASE, megvii_state
 from test_interop_megvii import reference_forward as megvii_forward
 from test_shufflenet_v2 import TORCHVISION, random_state, torchvision_layout
 from test_shufflenet_v2 import reference_forward as torchvision_forward
@@ -39,14 +38,6 @@ def _randomized(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.1 + (t == 1).float())
     return model.eval()
-
-
-@pytest.fixture(scope="module")
-def megvii_file(tmp_path_factory):
-    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=3)
-    path = tmp_path_factory.mktemp("megvii") / "snetv1_g3_0.5x.pth.tar"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    return state, path
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import state_batch_norm
+from conftest import (
+    CODE_RAN,
+    RELEASE,
+    RELEASE_REPEATS,
+    CodeOnLoad,
+    megvii_state,
+    save_release_file,
+    state_batch_norm,
+)
 
 from shufflenet import create_model, load_model
 from shufflenet.cli.convert import main as convert_main
@@ -20,59 +28,6 @@ from shufflenet.interop import (
     load_megvii_v1,
     megvii_v1_key_map,
 )
-
-# The release's widths: (groups, model size) -> (stem, stage2, stage3, stage4).
-RELEASE = {
-    (3, "0.5x"): (12, 120, 240, 480),
-    (3, "1.0x"): (24, 240, 480, 960),
-    (3, "1.5x"): (24, 360, 720, 1440),
-    (3, "2.0x"): (48, 480, 960, 1920),
-    (8, "0.5x"): (16, 192, 384, 768),
-    (8, "1.0x"): (24, 384, 768, 1536),
-    (8, "1.5x"): (24, 576, 1152, 2304),
-    (8, "2.0x"): (48, 768, 1536, 3072),
-}
-REPEATS = (4, 8, 4)
-
-
-def _bn(prefix: str, c: int, gen: torch.Generator, state: dict) -> None:
-    state[f"{prefix}.weight"] = torch.rand(c, generator=gen) + 0.5
-    state[f"{prefix}.bias"] = torch.randn(c, generator=gen) * 0.1
-    state[f"{prefix}.running_mean"] = torch.randn(c, generator=gen) * 0.1
-    state[f"{prefix}.running_var"] = torch.rand(c, generator=gen) + 0.5
-    state[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
-
-
-def _conv(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    fan_in = shape[1] * shape[2] * shape[3]
-    return torch.randn(*shape, generator=gen) * (2.0 / fan_in) ** 0.5
-
-
-def megvii_state(
-    groups: int, widths: tuple[int, ...], num_classes: int = 1000, seed: int = 0
-) -> dict:
-    """A random state dict with the key names and shapes of the release's ShuffleNetV1."""
-    gen = torch.Generator().manual_seed(seed)
-    stem, stages = widths[0], widths[1:]
-    state: dict[str, torch.Tensor] = {"first_conv.0.weight": _conv((stem, 3, 3, 3), gen)}
-    _bn("first_conv.1", stem, gen, state)
-    inp, k = stem, 0
-    for s, (oup, n) in enumerate(zip(stages, REPEATS)):
-        for i in range(n):
-            stride = 2 if i == 0 else 1
-            mid = oup // 4
-            branch = oup - inp if stride == 2 else oup
-            g1 = 1 if (s == 0 and i == 0) else groups
-            p = f"features.{k}"
-            state[f"{p}.branch_main_1.0.weight"] = _conv((mid, inp // g1, 1, 1), gen)
-            _bn(f"{p}.branch_main_1.1", mid, gen, state)
-            state[f"{p}.branch_main_1.3.weight"] = _conv((mid, 1, 3, 3), gen)
-            _bn(f"{p}.branch_main_1.4", mid, gen, state)
-            state[f"{p}.branch_main_2.0.weight"] = _conv((branch, mid // groups, 1, 1), gen)
-            _bn(f"{p}.branch_main_2.1", branch, gen, state)
-            inp, k = oup, k + 1
-    state["classifier.0.weight"] = torch.randn(num_classes, inp, generator=gen) * 0.01
-    return state
 
 
 def reference_forward(
@@ -121,11 +76,6 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * expected.abs().max().item())
 
 
-def _save_release_file(path, state: dict) -> None:
-    """As the release's training script saves: {'state_dict': DataParallel state dict} (``module.`` keys)."""
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-
-
 @pytest.mark.parametrize(("groups", "size"), list(RELEASE))
 def test_config_inferred_from_shapes(groups, size):
     widths = RELEASE[(groups, size)]
@@ -134,7 +84,7 @@ def test_config_inferred_from_shapes(groups, size):
     assert cfg.groups == groups
     assert cfg.stem_channels == widths[0]
     assert cfg.stage_channels == widths[1:]
-    assert cfg.stage_repeats == REPEATS
+    assert cfg.stage_repeats == RELEASE_REPEATS
     assert cfg.num_classes == 7
     assert cfg.classifier_bias is False
     assert cfg.model_size == size
@@ -153,7 +103,7 @@ def test_mapping_layer_by_layer_and_outputs(groups, size, tmp_path):
     widths = RELEASE[(groups, size)]
     state = megvii_state(groups, widths, seed=groups)
     path = tmp_path / "snetv1.pth.tar"
-    _save_release_file(path, state)
+    save_release_file(path, state)
     model, cfg = load_megvii_v1(path)
     assert not model.training
 
@@ -179,7 +129,7 @@ def test_mapping_layer_by_layer_and_outputs(groups, size, tmp_path):
         ref, trace = reference_forward(state, groups, x)
     for h in hooks:
         h.remove()
-    assert len(acts) == len(trace) == 2 + sum(REPEATS)
+    assert len(acts) == len(trace) == 2 + sum(RELEASE_REPEATS)
     for i, (a, r) in enumerate(zip(acts, trace)):
         torch.testing.assert_close(
             a, r, rtol=1e-4, atol=1e-4 * r.abs().max().item(), msg=f"layer {i}"
@@ -190,7 +140,7 @@ def test_mapping_layer_by_layer_and_outputs(groups, size, tmp_path):
 def test_convert_cli_writes_complete_model_file(tmp_path, capsys):
     state = megvii_state(3, RELEASE[(3, "0.5x")], seed=5)
     src, dst = tmp_path / "g3_0.5x.pth", tmp_path / "g3_0.5x.safetensors"
-    _save_release_file(src, state)
+    save_release_file(src, state)
     assert convert_main(["--from", "megvii", str(src), str(dst)]) == 0
     printed = capsys.readouterr().out
     assert "shufflenet_v1_g3_x0_5" in printed and "BGR" in printed
@@ -225,7 +175,7 @@ def test_convert_cli_writes_complete_model_file(tmp_path, capsys):
 def test_convert_cli_class_names(tmp_path):
     state = megvii_state(8, RELEASE[(8, "0.5x")], num_classes=3)
     src, dst, names = tmp_path / "a.pth", tmp_path / "a.safetensors", tmp_path / "names.txt"
-    _save_release_file(src, state)
+    save_release_file(src, state)
     names.write_text("cat\ndog\nbird\n")
     assert convert_main(["--from", "megvii", str(src), str(dst), "--class-names", str(names)]) == 0
     assert load_model(dst)[1].class_names == ["cat", "dog", "bird"]
@@ -259,7 +209,7 @@ def test_create_megvii_v1_matches_release_layout():
 def test_create_model_converts_a_megvii_file_in_memory(tmp_path):
     state = megvii_state(3, RELEASE[(3, "0.5x")], seed=5)
     path = tmp_path / "m.pth"
-    _save_release_file(path, state)
+    save_release_file(path, state)
     model = create_model("shufflenet_v1_g3_x0_5", weights=path)
     x = torch.rand(2, 3, 224, 224) * 255  # BGR 0-255, the release's convention
     ref = reference_forward(state, 3, x)[0]
@@ -285,28 +235,16 @@ def test_damaged_state_dicts_are_reported():
         convert_megvii_v1({"fc.weight": torch.zeros(2, 2)})
 
 
-_EXECUTED = []
-
-
-def _mark_executed(*args):
-    _EXECUTED.append(args)
-    return {}
-
-
-class _CodeOnLoad:
-    def __reduce__(self):
-        return (_mark_executed, ("loaded",))
-
-
 def test_pickles_needing_code_are_refused_not_run(tmp_path):
+    CODE_RAN.clear()
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": _CodeOnLoad()}, path)
+    torch.save({"state_dict": CodeOnLoad()}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_megvii_v1(path)
     assert convert_main(["--from", "megvii", str(path), str(tmp_path / "o.safetensors")]) == 2
-    assert _EXECUTED == []
+    assert CODE_RAN == []
     assert not (tmp_path / "o.safetensors").exists()
     # the file does carry code: the unrestricted unpickler runs it (our own test object, harmless)
     torch.load(path, weights_only=False)
-    assert _EXECUTED == [("loaded",)]
-    _EXECUTED.clear()
+    assert CODE_RAN == [("code ran",)]
+    CODE_RAN.clear()

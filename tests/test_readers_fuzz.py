@@ -15,12 +15,15 @@ import gzip
 import io
 import pickle
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CODE_RAN, CodeOnLoad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -37,25 +40,12 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-CALLS: list[tuple] = []
-
-
-def _canary(*args):
-    """Stands for code a malicious pickle would run; recording the call is the evidence."""
-    CALLS.append(args)
-    return {}
-
-
-class _Payload:
-    def __reduce__(self):
-        return (_canary, ("code ran",))
-
 
 @pytest.fixture(autouse=True)
 def no_code_ran():
-    CALLS.clear()
+    CODE_RAN.clear()
     yield
-    assert CALLS == [], "a reader executed code from a file"
+    assert CODE_RAN == [], "a reader executed code from a file"
 
 
 # ----------------------------------------------------------------- damaged variants of a valid file
@@ -90,6 +80,20 @@ def damaged(valid: bytes) -> st.SearchStrategy[bytes]:
         st.integers(0, n - 1).map(lambda k: valid[:k]),
         st.lists(edit, min_size=1, max_size=4).map(apply),
     )
+
+
+def damaged_file(files: dict[str, bytes]) -> st.SearchStrategy[tuple[str, bytes]]:
+    """The name of one of ``files`` and a damaged variant of that file (:func:`damaged`)."""
+    return st.sampled_from(sorted(files)).flatmap(
+        lambda k: st.tuples(st.just(k), damaged(files[k]))
+    )
+
+
+def _written(save: Callable[[io.BytesIO], object]) -> bytes:
+    """The bytes ``save`` writes to a file object."""
+    buf = io.BytesIO()
+    save(buf)
+    return buf.getvalue()
 
 
 def _only_value_errors(read, *args, **kwargs):
@@ -165,7 +169,7 @@ def _cifar_files(protocol: int) -> dict[str, bytes]:
 
 
 CIFAR = {p: _cifar_files(p) for p in (2, 4)}
-EVIL = pickle.dumps({b"labels": [3], b"data": _Payload()}, protocol=2)
+EVIL = pickle.dumps({b"labels": [3], b"data": CodeOnLoad()}, protocol=2)
 
 
 @FUZZ
@@ -227,26 +231,25 @@ def _torch_files() -> dict[str, bytes]:
     torch.manual_seed(0)
     model = create_model("shufflenet_v1_g3_x0_25", num_classes=3, stage_repeats=[1, 1, 1])
     state = model.state_dict()  # 15k parameters: a small file
-    out = {}
-    for name, obj, zipped in (
-        ("zip", {"state_dict": state}, True),
-        ("legacy", {"model": state}, False),
-        ("evil", {"w": torch.zeros(2), "x": _Payload()}, True),
-    ):
-        buf = io.BytesIO()
-        torch.save(obj, buf, _use_new_zipfile_serialization=zipped)
-        out[name] = buf.getvalue()
-    return out
+    return {
+        name: _written(partial(torch.save, obj, _use_new_zipfile_serialization=zipped))
+        for name, obj, zipped in (
+            ("zip", {"state_dict": state}, True),
+            ("legacy", {"model": state}, False),
+            ("evil", {"w": torch.zeros(2), "x": CodeOnLoad()}, True),
+        )
+    }
 
 
 TORCH_FILES = _torch_files()
 
 
 @FUZZ
-@given(kind=st.sampled_from(sorted(TORCH_FILES)), data=st.data())
-def test_torch_file_reader(workdir, kind, data):
+@given(case=damaged_file(TORCH_FILES))
+def test_torch_file_reader(workdir, case):
+    kind, content = case
     path = workdir / "w.pth"
-    path.write_bytes(data.draw(damaged(TORCH_FILES[kind])))
+    path.write_bytes(content)
     state = _only_value_errors(load_torch_state_dict, path)
     if state is not None:
         assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -278,29 +281,28 @@ def test_the_unedited_evil_torch_file_is_refused(workdir):
 # ----------------------------------------------------------------- images
 def _images() -> dict[str, bytes]:
     arr = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-    out = {}
-    for suffix, im in (
-        (".png", Image.fromarray(arr)),
-        (".jpg", Image.fromarray(arr)),
-        (".gif", Image.fromarray(arr).convert("P")),
-        (".bmp", Image.fromarray(arr)),
-        (".tif", Image.fromarray(arr[..., 0].astype(np.uint16) * 200)),  # 16-bit grey
-        (".webp", Image.fromarray(arr)),
-    ):
-        buf = io.BytesIO()
-        im.save(buf, format=Image.registered_extensions()[suffix])
-        out[suffix] = buf.getvalue()
-    return out
+    return {
+        suffix: _written(partial(im.save, format=Image.registered_extensions()[suffix]))
+        for suffix, im in (
+            (".png", Image.fromarray(arr)),
+            (".jpg", Image.fromarray(arr)),
+            (".gif", Image.fromarray(arr).convert("P")),
+            (".bmp", Image.fromarray(arr)),
+            (".tif", Image.fromarray(arr[..., 0].astype(np.uint16) * 200)),  # 16-bit grey
+            (".webp", Image.fromarray(arr)),
+        )
+    }
 
 
 IMAGES = _images()
 
 
 @FUZZ
-@given(suffix=st.sampled_from(sorted(IMAGES)), data=st.data())
-def test_image_reader(workdir, suffix, data):
+@given(case=damaged_file(IMAGES))
+def test_image_reader(workdir, case):
+    suffix, content = case
     path = workdir / f"img{suffix}"
-    path.write_bytes(data.draw(damaged(IMAGES[suffix])))
+    path.write_bytes(content)
     try:
         img = read_image(path)
     except UnreadableImage:  # the loader counts it as a skip

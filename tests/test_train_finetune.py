@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_interop_megvii import RELEASE, megvii_state
 from test_interop_megvii import reference_forward as megvii_forward
 from test_shufflenet_v2 import TORCHVISION, random_state, torchvision_layout
 
@@ -81,14 +80,6 @@ def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("src") / "source.safetensors"
     save_model(path, model, input_spec=SOURCE_SPEC, class_names=list("vwxyz"))
     return path, {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def megvii_file(tmp_path_factory):
-    state = megvii_state(3, RELEASE[(3, "0.5x")], seed=5)
-    path = tmp_path_factory.mktemp("megvii") / "snetv1_g3_0.5x.pth.tar"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    return state, path
 
 
 def tiny(tmp_path, folder, **kw) -> TrainConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..utils import torch_threads
 from .layers import capture_outputs, find_module, first_conv
 
 __all__ = [
@@ -151,18 +152,6 @@ class CrossMoments:
         return self._cov(self._sxy, self._sx, self._sy)
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run the block on one torch thread, then restore the count: LAPACK's eigensolver on a few hundred
-    dimensions is fastest on one thread, and on a busy machine a second thread can make it 50 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def zca_matrix(cov: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """ZCA whitening matrix ``U diag((lambda + e)^-1/2) U^T`` of a (d, d) covariance.
 
@@ -170,7 +159,9 @@ def zca_matrix(cov: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     variance is (near) zero, from being blown up.
     """
     cov = 0.5 * (cov + cov.T)
-    with _single_thread():
+    # one thread: LAPACK's eigensolver on a few hundred dimensions is fastest on one thread, and on a busy
+    # machine a second thread can make it 50 times slower
+    with torch_threads(1):
         evals, evecs = torch.linalg.eigh(cov)
     reg = eps * float(torch.trace(cov)) / cov.shape[0]
     inv_sqrt = 1.0 / torch.sqrt(evals.clamp_min(0) + max(reg, 1e-12))

@@ -17,18 +17,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..deploy.benchmark import BENCH_BACKENDS as BACKENDS
-from .common import add_model_argument, resolve_cli_model
+from ..utils import torch_threads
+from .common import add_model_argument, command_parser, resolve_cli_model
+
+
+def add_timing_options(p: argparse.ArgumentParser) -> None:
+    """``--runs``, ``--warmup`` and ``--load-window``: how every backend is timed
+    (:func:`shufflenet.deploy.benchmark.run_benchmark`)."""
+    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
+    p.add_argument(
+        "--load-window",
+        type=float,
+        default=1.0,
+        help="seconds over which other processes' CPU use is sampled before each backend",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shufflenet bench",
-        description="Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its "
-        "own process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        "shufflenet bench",
+        "Median latency, images/s, GFLOP/s and ratios of inference backends, each timed in its own process.",
     )
     add_model_argument(p)
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
@@ -44,14 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input height = width, pixels; unset: the model file's image size, else 224",
     )
-    p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
-    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
-    p.add_argument(
-        "--load-window",
-        type=float,
-        default=1.0,
-        help="seconds over which other processes' CPU use is sampled before each backend",
-    )
+    add_timing_options(p)
     p.add_argument("--json", default=None, metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write a bar chart")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -92,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = resolved.model
     input_size = args.input_size or (resolved.input_spec.image_size if resolved.path else 224)
-    threads_before = torch.get_num_threads()
     log = None if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    try:
+    with torch_threads(None):  # leave the process's thread count as it was
         res = run_benchmark(
             model,
             batch=args.batch,
@@ -108,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             arch=resolved.name,
             arch_kwargs=resolved.arch_kwargs,
         )
-    finally:
-        torch.set_num_threads(threads_before)  # leave the process's thread count as it was
     res.model = resolved.name
     print(format_table(res))
     if args.json:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..analysis.commands import correlate_checkpoint
 from ..analysis.correlation_control import NIN_PAIRS
+from ..utils import torch_threads
 from .common import MODEL_HELP, add_int_option, check_output_dir, command_parser
 from .main import command
 
@@ -109,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(args.out, "--out")
     pairs = [tuple(args.layers)] if args.layers else args.pairs
     bootstrap = args.bootstrap if args.init_seeds else 0
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads or None):  # the process's thread count is restored after
         results, paths = correlate_checkpoint(
             args.model,
             args.data,
@@ -129,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
-    finally:
-        torch.set_num_threads(threads)  # leave the process's thread count as it was
     for r in results:
         t = r.trained
         print(

@@ -18,18 +18,20 @@ from ..data import SPLITS, build_transform, evaluation_data, make_loader, readab
 from ..distributed import DistContext, resolve_device
 from ..train.engine import evaluate
 from ..train.metrics import plot_confusion
-from .common import add_model_argument, bounded_int, check_output_file, resolve_cli_model
+from .common import (
+    add_int_option,
+    add_model_argument,
+    check_output_file,
+    command_parser,
+    resolve_cli_model,
+)
 from .main import command
 
 PROG = "shufflenet evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser(PROG, __doc__.split("\n\n", 1)[1])
     add_model_argument(p)
     p.add_argument(
         "--data",
@@ -49,13 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which images: auto = a folder without train/val split whole (the share held out at "
         "training time if it is the model's training folder), else the evaluation split; all; val; train",
     )
-    p.add_argument("--batch-size", type=bounded_int("--batch-size", 1, 65536), default=128)
-    p.add_argument(
-        "--workers",
-        type=bounded_int("--workers", 0, 256),
-        default=0,
-        help="data-loading worker processes",
-    )
+    add_int_option(p, "--batch-size", 1, 65536, default=128)
+    add_int_option(p, "--workers", 0, 256, default=0, help="data-loading worker processes")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--confusion",

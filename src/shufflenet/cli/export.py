@@ -28,9 +28,10 @@ from ..deploy.onnx import (
 )
 from .common import (
     MAX_INPUT_SIZE,
+    add_int_option,
     add_model_argument,
-    bounded_int,
     check_output_file,
+    command_parser,
     resolve_cli_model,
 )
 from .main import CheckFailed, command
@@ -39,11 +40,10 @@ PROG = "shufflenet export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Export a model to ONNX (dynamic batch and spatial size, batch norm folded), ExecuTorch "
-        "(XNNPACK) and/or ncnn, and compare each engine's runtime with PyTorch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        PROG,
+        "Export a model to ONNX (dynamic batch and spatial size, batch norm folded), ExecuTorch (XNNPACK) "
+        "and/or ncnn, and compare each engine's runtime with PyTorch.",
     )
     add_model_argument(p)
     p.add_argument("--onnx", type=Path, default=None, help="ONNX file to write")
@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--executorch: keep a program in which some ops stay outside the XNNPACK delegate "
         "(default: refuse it, naming the layers)",
     )
-    p.add_argument(
+    add_int_option(
+        p,
         "--input-size",
-        type=bounded_int("--input-size", 1, MAX_INPUT_SIZE),
+        1,
+        MAX_INPUT_SIZE,
         default=None,
         help="side of the example input, pixels; unset: the model's image size",
     )

@@ -17,26 +17,17 @@ from ..data.evaluation import readable_class_names
 from ..data.folder import UnreadableImage, read_image
 from ..data.transforms import build_transform
 from ..distributed import resolve_device
-from .common import add_model_argument, bounded_int, resolve_cli_model
+from .common import add_int_option, add_model_argument, command_parser, resolve_cli_model
 from .main import command
 
 PROG = "shufflenet predict"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser(PROG, __doc__.split("\n\n", 1)[1])
     add_model_argument(p)
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument(
-        "--top-k",
-        type=bounded_int("--top-k", 1, 100_000),
-        default=5,
-        help="classes to print per image",
-    )
+    add_int_option(p, "--top-k", 1, 100_000, default=5, help="classes to print per image")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     return p

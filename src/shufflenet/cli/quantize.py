@@ -19,14 +19,11 @@ from ..data import build_dataset, build_transform, make_loader
 from ..data.loader import default_spec
 from ..factory import resolve_model
 from ..quantize import METHODS, QuantizedModel, quantize, save_quantized
+from .common import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shufflenet quantize",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("shufflenet quantize", __doc__.split("\n\n", 1)[1])
     p.add_argument(
         "model",
         help="a registered model name, a model file or a published checkpoint (see resolve_model)",

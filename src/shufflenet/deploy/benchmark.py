@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..models import in_channels
+from ..utils import torch_threads
 from .api import BACKENDS, optimize
 
 __all__ = [
@@ -273,18 +274,13 @@ def interleaved_latency(
     inter-quartile range in milliseconds."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be >= 1")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         x = torch.zeros(input_shape)
         for m in models.values():
             m.eval()
             for _ in range(warmup):
                 m(x)
         times = time_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds)
-    finally:
-        torch.set_num_threads(old_threads)
     out = {}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3

@@ -148,16 +148,9 @@ class _Converter:
 class GroupParallelAlexNet(GroupParallelModel):
     """Group-parallel form of an :class:`AlexNet`; ``forward`` returns the full logits on every rank."""
 
-    def __init__(
-        self,
-        model: AlexNet,
-        ctx: ParallelContext,
-        dense: str = "split",
-        seed: int = 0,
-        check_inputs: bool = True,
-    ) -> None:
-        super().__init__()
-        self._adopt(model, ctx, dense, check_inputs, ("groups", "num_classes", "num_features"))
+    adopted_attrs = ("groups", "num_classes", "num_features")
+
+    def _build(self, model: AlexNet, ctx: ParallelContext, dense: str, seed: int) -> None:
         P = ctx.world_size
         conv = _Converter(ctx, dense, seed)
         in_chans = model.features[0].in_channels

@@ -181,30 +181,38 @@ def convert_layout(
 class GroupParallelModel(nn.Module):
     """Base of the group-parallel forms of a model: ``forward`` is ``forward_head(forward_features(x))``.
 
-    A subclass calls :meth:`_adopt` first in its constructor, then builds its shards.
+    The constructor checks that the world size divides ``model.groups``, copies :attr:`adopted_attrs` and
+    ``model_cfg`` from ``model``, adds the input's check (if ``check_inputs``) and gradient reduction, and
+    then has the subclass build this rank's shards (:meth:`_build`).
     """
 
-    def _adopt(
+    #: attributes copied from the model
+    adopted_attrs: tuple[str, ...] = ()
+
+    def __init__(
         self,
         model: nn.Module,
         ctx: ParallelContext,
-        dense: str,
-        check_inputs: bool,
-        attrs: tuple[str, ...],
+        dense: str = "split",
+        seed: int = 0,
+        check_inputs: bool = True,
     ) -> None:
-        """Check that the world size divides ``model.groups``, copy ``attrs`` and ``model_cfg`` from ``model``,
-        and add the input's check (if ``check_inputs``) and gradient reduction.
-        """
+        super().__init__()
         P = ctx.world_size
         if model.groups % P:
             raise ValueError(f"world size P={P} must divide the number of groups g={model.groups}")
-        for attr in attrs:
+        for attr in self.adopted_attrs:
             setattr(self, attr, getattr(model, attr))
         if hasattr(model, "model_cfg"):
             self.model_cfg = copy.deepcopy(model.model_cfg)
         self.parallel_context, self.dense = ctx, dense
         self.input_check = InputCheck(ctx) if check_inputs else nn.Identity()
         self.input_grad = CopyToShards(ctx)  # sums the input batch's gradient, if it has one
+        self._build(model, ctx, dense, seed)
+
+    def _build(self, model: nn.Module, ctx: ParallelContext, dense: str, seed: int) -> None:
+        """Build this rank's shards of ``model``."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -162,17 +162,9 @@ class GroupParallelShuffleNetV1(GroupParallelModel):
     ``forward_features`` returns this rank's channel shard of the features (layout ``feature_layout``).
     """
 
-    def __init__(
-        self,
-        model: ShuffleNetV1,
-        ctx: ParallelContext,
-        dense: str = "split",
-        seed: int = 0,
-        check_inputs: bool = True,
-    ) -> None:
-        super().__init__()
-        attrs = ("groups", "width_mult", "num_classes", "num_features", "stage_channels")
-        self._adopt(model, ctx, dense, check_inputs, attrs)
+    adopted_attrs = ("groups", "width_mult", "num_classes", "num_features", "stage_channels")
+
+    def _build(self, model: ShuffleNetV1, ctx: ParallelContext, dense: str, seed: int) -> None:
         P, r = ctx.world_size, ctx.rank
         self.stem = copy.deepcopy(model.stem)
         self.pool = copy.deepcopy(model.pool)

@@ -27,16 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..deploy.native._abi import (
-    ACT_RELU,
-    OP_CONV,
-    OP_DW,
-    OP_FC,
-    OP_GAP,
-    OP_POOL,
-    OP_PW,
-    POOL_MAX,
-)
+from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
 from ..deploy.native.lower import Op, Program
 
 __all__ = ["METHODS", "Observer", "choose_clip", "run_float"]

@@ -17,69 +17,40 @@ Arithmetic (zero points are 0 everywhere, so no offset terms appear):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
-from ..deploy.native.lower import Op
+from ..deploy.native.lower import BaseOp, Value
 
 __all__ = ["QOp", "QValue", "QProgram", "requant", "qrange"]
 
 
 @dataclass
-class QValue:
-    channels: int
-    flat: bool = False
+class QValue(Value):
+    """An activation of the int8 program: :class:`shufflenet.deploy.native.lower.Value` and its scale."""
+
     scale: float = 1.0
     unsigned: bool = False
 
 
 @dataclass
-class QOp:
-    """One op of the int8 program; fields as :class:`shufflenet.deploy.native.lower.Op`.
+class QOp(BaseOp):
+    """One op of the int8 program: the fields of :class:`shufflenet.deploy.native.lower.BaseOp` (kind, values,
+    geometry; stored in the program's description, :data:`META`) and the weights.
 
     ``w``: int8 weights in the lowered layout (PW ``[groups][K][N]``, DW ``[C][9]``, CONV ``[cin][3][3][cout]``;
     FC float32 ``[in][out]``); ``w_scale``: float32 per output channel; ``b``: float32 bias.
     """
 
-    kind: int
-    src: int
-    dst: int
-    dst_coff: int = 0
-    res: int = -1
-    act: int = 0
-    cin: int = 0
-    cout: int = 0
-    groups: int = 1
-    K: int = 0
-    N: int = 0
-    stride: int = 1
-    pool: int = 0
     w: torch.Tensor | None = None
     w_scale: torch.Tensor | None = None
     b: torch.Tensor | None = None
     kidx: np.ndarray | None = None
 
-    META = (
-        "kind",
-        "src",
-        "dst",
-        "dst_coff",
-        "res",
-        "act",
-        "cin",
-        "cout",
-        "groups",
-        "K",
-        "N",
-        "stride",
-        "pool",
-    )
-
-    # the float program's rule (the same kind, stride and pool fields)
-    out_hw = Op.out_hw
+    META = tuple(f.name for f in fields(BaseOp))
 
 
 @dataclass

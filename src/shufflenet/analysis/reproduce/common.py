@@ -45,6 +45,7 @@ __all__ = [
     "load_splits",
     "JPEG_CIFAR_NOTE",
     "data_line",
+    "training_line",
     "maybe_save",
     "train_save_measure",
     "binomial_se_points",
@@ -324,6 +325,16 @@ def data_line(opts: ReproduceOptions, train_ds: Dataset, test_ds: Dataset, extra
         f"data: `{opts.data}` ({name}: {len(train_ds)} training, {len(test_ds)} test images){extra}"
     )
     return line + (f"; {opts.data_note}" if opts.data_note else "")
+
+
+def training_line(opts: ReproduceOptions, extra: str = "") -> str:
+    """The provenance bullet about the recipe of :func:`train_config` with the CIFAR training augmentation;
+    ``extra`` ends it."""
+    return (
+        "training: SGD, Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights, "
+        f"{opts.warmup:.0%} linear warm-up then cosine decay, random crop (4 px padding) and horizontal "
+        f"flip (shufflenet.train.fit){extra}"
+    )
 
 
 def maybe_save(

@@ -51,6 +51,7 @@ from .common import (
     option,
     provenance,
     train_config,
+    training_line,
 )
 
 __all__ = ["FinetuneConfig", "run_finetune", "FINETUNE_EPOCHS", "MODEL"]
@@ -394,9 +395,7 @@ def _write_report(
                 f"{', '.join(map(str, opts.seeds))}; fine-tuning keeps every pretrained tensor but the "
                 f"classifier, freezes the backbone (batch norm in eval mode) for {opts.freeze_epochs} "
                 f"epoch(s) and trains it at {opts.backbone_lr_mult:g} x the classifier's learning rate",
-                "training: SGD, Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights, "
-                f"{opts.warmup:.0%} linear warm-up then cosine decay, random crop (4 px padding) and "
-                "horizontal flip (shufflenet.train.fit); the final weights are scored",
+                training_line(opts, "; the final weights are scored"),
             ],
         )
     )

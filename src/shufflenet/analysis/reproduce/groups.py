@@ -37,6 +37,7 @@ from .common import (
     option,
     provenance,
     train_save_measure,
+    training_line,
 )
 
 __all__ = ["GroupsConfig", "run_groups", "DEFAULT_ROOTS"]
@@ -237,8 +238,7 @@ def run_groups(opts: GroupsConfig) -> dict:
                 f"mean variance; untrained controls with init seeds {', '.join(map(str, opts.init_seeds))}; "
                 f"bootstrap: {opts.bootstrap} resamples of 10 image chunks; {corr_seconds / 60:.1f} min for all "
                 "models",
-                f"training: SGD, Nesterov momentum 0.9, weight decay 5e-4, {opts.warmup:.0%} linear warm-up then "
-                "cosine decay, random crop (4 px padding) and horizontal flip (shufflenet.train.fit)",
+                training_line(opts),
                 f"first model trained in {base['seconds'] / 60:.1f} min",
             ],
         )

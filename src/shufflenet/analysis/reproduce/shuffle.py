@@ -34,6 +34,7 @@ from .common import (
     option,
     provenance,
     train_save_measure,
+    training_line,
 )
 
 __all__ = ["ShuffleConfig", "run_shuffle"]
@@ -285,9 +286,7 @@ def run_shuffle(opts: ShuffleConfig) -> dict:
             seconds,
             [
                 data_line(opts, train_ds, test_ds),
-                "training: SGD, Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights, "
-                f"{opts.warmup:.0%} linear warm-up then cosine decay, random crop (4 px padding) and horizontal "
-                f"flip (shufflenet.train.fit); {len(results) - len(control)} models trained",
+                training_line(opts, f"; {len(results) - len(control)} models trained"),
             ],
         )
     )

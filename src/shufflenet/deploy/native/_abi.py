@@ -11,6 +11,23 @@ OP_QPACK, OP_QCONV, OP_QPW, OP_QDW, OP_QMAX, OP_QGAP, OP_QOUT = 8, 9, 10, 11, 12
 ACT_NONE, ACT_RELU = 0, 1
 POOL_MAX, POOL_AVG = 0, 1
 ISA_NAMES = ("generic", "avx2", "avx512")
+# op kind -> its name in a profile (NativeModule.profile)
+OP_NAMES = {
+    OP_PACK: "pack",
+    OP_CONV: "conv3x3",
+    OP_PW: "pw",
+    OP_DW: "dw",
+    OP_POOL: "pool",
+    OP_GAP: "gap",
+    OP_FC: "fc",
+    OP_QPACK: "quantize",
+    OP_QCONV: "conv3x3-int8",
+    OP_QPW: "pw-int8",
+    OP_QDW: "dw-int8",
+    OP_QMAX: "maxpool-int8",
+    OP_QGAP: "gap-int8",
+    OP_QOUT: "dequantize",
+}
 
 _i32 = ctypes.c_int32
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from ctypes import POINTER, c_double, c_int, c_int32, c_int64, c_long, c_void_p
 from dataclasses import dataclass
 
 from ._abi import ABI_VERSION, ISA_NAMES, SnOp, SnPlan
@@ -52,6 +53,36 @@ class NativeLibrary:
         return ISA_NAMES.index(key)
 
 
+_PLAN, _OP = POINTER(SnPlan), POINTER(SnOp)
+# The library's functions (``SN_API`` in csrc/sn_runtime.c) other than sn_abi_version, which is checked first:
+# name -> (return type, argument types).
+_FUNCTIONS = {
+    "sn_sizeof_op": (c_int, []),
+    "sn_sizeof_plan": (c_int, []),
+    "sn_isa_mask": (c_int, []),
+    "sn_cpu_vnni": (c_int, []),
+    "sn_vector_width": (c_int, [c_int]),
+    "sn_run": (c_int, [_PLAN, c_int, c_int, c_void_p, c_void_p]),
+    "sn_channel_shuffle": (c_int, [c_void_p, c_void_p, c_int64, c_int, c_int, c_int, c_int]),
+    "sn_stats": (None, [POINTER(c_long)]),
+    "sn_pack_size": (c_int64, [c_int, _OP]),
+    "sn_pack": (None, [c_int, _OP, c_void_p]),
+    "sn_profile": (
+        c_int,
+        [
+            _PLAN,
+            c_int,
+            c_int,
+            c_void_p,
+            c_void_p,
+            POINTER(c_double),
+            POINTER(c_double),
+            POINTER(c_int32),
+        ],
+    ),
+}
+
+
 def _load() -> NativeLibrary:
     info = build_library()
     lib = ctypes.CDLL(str(info.path))
@@ -60,48 +91,11 @@ def _load() -> NativeLibrary:
         raise NativeUnavailable(
             f"native library ABI {lib.sn_abi_version()} != {ABI_VERSION}; delete {info.path.parent}"
         )
-    lib.sn_sizeof_op.restype = ctypes.c_int
-    lib.sn_sizeof_plan.restype = ctypes.c_int
+    for name, (restype, argtypes) in _FUNCTIONS.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     if lib.sn_sizeof_op() != ctypes.sizeof(SnOp) or lib.sn_sizeof_plan() != ctypes.sizeof(SnPlan):
         raise NativeUnavailable("native library struct layout differs from the Python mirror")
-    lib.sn_isa_mask.restype = ctypes.c_int
-    lib.sn_vector_width.restype = ctypes.c_int
-    lib.sn_vector_width.argtypes = [ctypes.c_int]
-    lib.sn_run.restype = ctypes.c_int
-    lib.sn_run.argtypes = [
-        ctypes.POINTER(SnPlan),
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-    ]
-    lib.sn_channel_shuffle.restype = ctypes.c_int
-    lib.sn_channel_shuffle.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.sn_stats.restype = None
-    lib.sn_stats.argtypes = [ctypes.POINTER(ctypes.c_long)]
-    lib.sn_pack_size.restype = ctypes.c_int64
-    lib.sn_pack_size.argtypes = [ctypes.c_int, ctypes.POINTER(SnOp)]
-    lib.sn_pack.restype = None
-    lib.sn_pack.argtypes = [ctypes.c_int, ctypes.POINTER(SnOp), ctypes.c_void_p]
-    lib.sn_profile.restype = ctypes.c_int
-    lib.sn_profile.argtypes = [
-        ctypes.POINTER(SnPlan),
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_double),
-        ctypes.POINTER(ctypes.c_double),
-        ctypes.POINTER(ctypes.c_int32),
-    ]
     mask = int(lib.sn_isa_mask())
     supported = tuple(n for i, n in enumerate(ISA_NAMES) if mask >> i & 1)
     best = max(i for i in range(len(ISA_NAMES)) if mask >> i & 1)

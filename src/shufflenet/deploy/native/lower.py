@@ -54,7 +54,7 @@ from ._abi import (
     POOL_MAX,
 )
 
-__all__ = ["Value", "Op", "Program", "lower"]
+__all__ = ["Value", "BaseOp", "Op", "Program", "lower"]
 
 
 @dataclass
@@ -66,7 +66,10 @@ class Value:
 
 
 @dataclass
-class Op:
+class BaseOp:
+    """What an op does, to which values, with which geometry: the fields that the float program's
+    :class:`Op` and the int8 program's :class:`shufflenet.quantize.program.QOp` share."""
+
     kind: int
     src: int
     dst: int
@@ -80,6 +83,19 @@ class Op:
     N: int = 0
     stride: int = 1
     pool: int = 0
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        if self.kind in (OP_GAP, OP_FC, OP_QGAP):
+            return 1, 1
+        if self.kind in (OP_CONV, OP_DW, OP_POOL, OP_QCONV, OP_QDW, OP_QMAX) and self.stride == 2:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        if self.kind == OP_CONV and self.pool:  # fused 3x3/2 max pool
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        return h, w
+
+
+@dataclass
+class Op(BaseOp):
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
     kidx: np.ndarray | None = None  # PW: [groups * K] input channel of each reduction row
@@ -93,15 +109,6 @@ class Op:
     hi: int = 0
     qflags: int = 0
     table: np.ndarray | None = None
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.kind in (OP_GAP, OP_FC, OP_QGAP):
-            return 1, 1
-        if self.kind in (OP_CONV, OP_DW, OP_POOL, OP_QCONV, OP_QDW, OP_QMAX) and self.stride == 2:
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        if self.kind == OP_CONV and self.pool:  # fused 3x3/2 max pool
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        return h, w
 
 
 @dataclass
@@ -318,35 +325,19 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
                 "stride-1 ShuffleUnit whose branch width differs from its input"
             )
         y = prog.new_value(cin)
-        prog.ops.append(
-            Op(
-                OP_PW,
-                m2,
-                y,
-                res=x,
-                act=ACT_RELU,
-                cin=mid,
-                cout=branch,
-                groups=g,
-                K=k_in,
-                N=n_out,
-                w=wt,
-                b=be,
-                kidx=kidx,
-            )
-        )
-        return y
-    if not isinstance(u.shortcut, nn.AvgPool2d):
-        raise NotSupportedError("stride-2 ShuffleUnit without an AvgPool2d shortcut")
-    y = prog.new_value(cin + branch)
-    # concatenation: the pooled input in channels [0, cin), the branch after it
-    _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)
+        out = {"res": x}  # the residual add
+    else:
+        if not isinstance(u.shortcut, nn.AvgPool2d):
+            raise NotSupportedError("stride-2 ShuffleUnit without an AvgPool2d shortcut")
+        y = prog.new_value(cin + branch)
+        # concatenation: the pooled input in channels [0, cin), the branch after it
+        _pool(prog, x, u.shortcut, dst=y, act=ACT_RELU)
+        out = {"dst_coff": cin}
     prog.ops.append(
         Op(
             OP_PW,
             m2,
             y,
-            dst_coff=cin,
             act=ACT_RELU,
             cin=mid,
             cout=branch,
@@ -356,6 +347,7 @@ def _shuffle_unit(prog: Program, x: int, u: ShuffleUnit) -> int:
             w=wt,
             b=be,
             kidx=kidx,
+            **out,
         )
     )
     return y

@@ -31,14 +31,13 @@ from ._abi import (
     OP_DW,
     OP_FC,
     OP_GAP,
+    OP_NAMES,
     OP_PACK,
     OP_POOL,
     OP_PW,
     OP_QCONV,
     OP_QDW,
     OP_QGAP,
-    OP_QMAX,
-    OP_QOUT,
     OP_QPACK,
     OP_QPW,
     SnOp,
@@ -466,22 +465,6 @@ class NativeModule(nn.Module):
             best = [min(a, s) for a, s in zip(best, secs)]
             best_share = [min(a, s) for a, s in zip(best_share, share)]
         rows = []
-        names = {
-            OP_PACK: "pack",
-            OP_CONV: "conv3x3",
-            OP_PW: "pw",
-            OP_DW: "dw",
-            OP_POOL: "pool",
-            OP_GAP: "gap",
-            OP_FC: "fc",
-            OP_QPACK: "quantize",
-            OP_QCONV: "conv3x3-int8",
-            OP_QPW: "pw-int8",
-            OP_QDW: "dw-int8",
-            OP_QMAX: "maxpool-int8",
-            OP_QGAP: "gap-int8",
-            OP_QOUT: "dequantize",
-        }
         for i in range(nops):
             o = b.plan.ops[i]
             if o.kind == OP_PW:
@@ -500,7 +483,7 @@ class NativeModule(nn.Module):
                 macs = o.OH * o.OW * o.cout * 9
             else:
                 macs = 0
-            name = names.get(o.kind, "?")
+            name = OP_NAMES.get(o.kind, "?")
             if o.kind == OP_POOL:
                 name = "maxpool" if o.pool == 0 else "avgpool"
             rows.append(
