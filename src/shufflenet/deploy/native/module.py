@@ -419,10 +419,14 @@ class NativeModule(nn.Module):
         if rc != 0:
             raise RuntimeError(f"native engine failed with code {rc}")
         if self.int8:
-            # a NaN pixel makes its image's sum NaN (a cheap pass, no mask tensor); a NaN sum can also come
-            # from infinities, so only those images are checked pixel by pixel
-            for i in torch.isnan(x.sum(dim=(1, 2, 3))).nonzero().flatten().tolist():
-                if torch.isnan(x[i]).any():
+            # a NaN pixel makes its image's sum NaN; a NaN sum can also come from infinities, so only those
+            # images are checked pixel by pixel. numpy, one thread: torch's intra-op threads would stay
+            # spinning after the sum and take the cores from the engine's own threads at the next call
+            a = x.numpy().reshape(n, -1)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: checked below
+                sums = a.sum(axis=1)
+            for i in np.flatnonzero(np.isnan(sums)).tolist():
+                if np.isnan(a[i]).any():
                     y[i] = float("nan")
         return y
 
