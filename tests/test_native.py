@@ -273,6 +273,13 @@ def test_profile_rows(lib):
     assert all(r["seconds"] >= 0 for r in rows)
     pw_macs = sum(r["macs"] for r in rows if r["kind"] == "pw")
     assert pw_macs > 0
+    # with two threads: how each op is cut; the largest thread's share is part of the op's time
+    x = torch.randn(1, 3, 160, 160)
+    rows = NativeModule(m).profile(x, repeats=1, threads=2)
+    assert all(r["chunks"] >= 1 and 0 <= r["share_seconds"] <= r["seconds"] for r in rows)
+    assert {"conv3x3", "pw", "dw"} <= {r["kind"] for r in rows if r["chunks"] > 1}
+    # one thread: its share is all of the op
+    assert all(r["share_seconds"] == r["seconds"] for r in NativeModule(m).profile(x, repeats=1))
 
 
 @pytest.mark.parametrize(

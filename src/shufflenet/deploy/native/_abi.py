@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 OP_PACK, OP_CONV, OP_PW, OP_DW, OP_POOL, OP_GAP, OP_FC = 1, 2, 3, 4, 5, 6, 7
 OP_QPACK, OP_QCONV, OP_QPW, OP_QDW, OP_QMAX, OP_QGAP, OP_QOUT = 8, 9, 10, 11, 12, 13, 14

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from ctypes import POINTER, c_double, c_int, c_int64, c_long, c_void_p
+from ctypes import POINTER, c_double, c_int, c_int32, c_int64, c_long, c_void_p
 from dataclasses import dataclass
 
 from ._abi import ABI_VERSION, ISA_NAMES, SnOp, SnPlan
@@ -67,7 +67,19 @@ _FUNCTIONS = {
     "sn_stats": (None, [POINTER(c_long)]),
     "sn_pack_size": (c_int64, [c_int, _OP]),
     "sn_pack": (None, [c_int, _OP, c_void_p]),
-    "sn_profile": (c_int, [_PLAN, c_int, c_void_p, c_void_p, POINTER(c_double)]),
+    "sn_profile": (
+        c_int,
+        [
+            _PLAN,
+            c_int,
+            c_int,
+            c_void_p,
+            c_void_p,
+            POINTER(c_double),
+            POINTER(c_double),
+            POINTER(c_int32),
+        ],
+    ),
 }
 
 

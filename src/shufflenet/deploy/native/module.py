@@ -295,7 +295,7 @@ def _c_ops(
             t = getattr(op, name)
             if t is not None:
                 setattr(o, name, t.data_ptr())
-        if op.kind == OP_DW and op.stride == 1:
+        if op.kind in (OP_DW, OP_QDW) and op.stride == 1:
             masks = _border_masks(sh, sw, vw)
             keep.append(masks)
             o.masks = masks.ctypes.data
@@ -419,31 +419,55 @@ class NativeModule(nn.Module):
         if rc != 0:
             raise RuntimeError(f"native engine failed with code {rc}")
         if self.int8:
-            nan = torch.isnan(x).flatten(1).any(1)
-            if nan.any():
-                y[nan] = float("nan")
+            # a NaN pixel makes its image's sum NaN; a NaN sum can also come from infinities, so only those
+            # images are checked pixel by pixel. numpy, one thread: torch's intra-op threads would stay
+            # spinning after the sum and take the cores from the engine's own threads at the next call
+            a = x.numpy().reshape(n, -1)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: checked below
+                sums = a.sum(axis=1)
+            for i in np.flatnonzero(np.isnan(sums)).tolist():
+                if np.isnan(a[i]).any():
+                    y[i] = float("nan")
         return y
 
-    def profile(self, x: torch.Tensor, repeats: int = 10) -> list[dict]:
-        """Per-op CPU time of single-threaded runs on ``x`` (the minimum over ``repeats``), with multiply-adds.
+    def profile(self, x: torch.Tensor, repeats: int = 10, threads: int = 1) -> list[dict]:
+        """Per-op CPU time of runs on the calling thread on ``x`` (the minimum over ``repeats``), with
+        multiply-adds, and how the op splits for ``threads`` threads.
 
         CPU time of the calling thread is not inflated when other processes take the CPU, and the minimum
-        drops runs disturbed by them, so this is the tool to see where the time goes on a busy machine.
+        drops runs disturbed by them, so this is the tool to see where the time goes on a busy machine. With
+        ``threads`` > 1 every op is cut into the chunks it gets with that many threads (one image at a time,
+        as :func:`thread_plan` runs a batch smaller than ``threads``), all run here in order: ``chunks`` is
+        their number and ``share_seconds`` the time of the largest thread's share, i.e. the op's time on
+        ``threads`` threads that never wait for each other (``seconds`` minus ``share_seconds`` is what the
+        other threads take off it; synchronisation is not counted).
         """
         n, c, h, w = x.shape
-        b = self._get_bound(n, h, w, thread_plan(n, 1))
+        threads = max(1, int(threads))
+        b = self._get_bound(n, h, w, ThreadPlan(threads, 0, 1, False))
         x = x.detach().contiguous()
         y = torch.empty(b.out_shape, dtype=torch.float32)
         nops = b.plan.nops
         best = [float("inf")] * nops
+        best_share = [float("inf")] * nops
+        chunks = (ctypes.c_int32 * nops)()
         for _ in range(max(1, repeats)):
             secs = (ctypes.c_double * nops)()
+            share = (ctypes.c_double * nops)()
             rc = self.lib.cdll.sn_profile(
-                ctypes.byref(b.plan), self.isa, x.data_ptr(), y.data_ptr(), secs
+                ctypes.byref(b.plan),
+                self.isa,
+                threads,
+                x.data_ptr(),
+                y.data_ptr(),
+                secs,
+                share,
+                chunks,
             )
             if rc != 0:
                 raise RuntimeError(f"native engine failed with code {rc}")
             best = [min(a, s) for a, s in zip(best, secs)]
+            best_share = [min(a, s) for a, s in zip(best_share, share)]
         rows = []
         for i in range(nops):
             o = b.plan.ops[i]
@@ -476,6 +500,8 @@ class NativeModule(nn.Module):
                     "stride": o.stride,
                     "macs": macs * n,
                     "seconds": best[i],
+                    "chunks": int(chunks[i]),
+                    "share_seconds": best_share[i],
                 }
             )
         return rows

@@ -46,6 +46,7 @@ SN_INLINE vi vf_toi(vf a) { return _mm512_cvtps_epi32(a); } /* round half to eve
 SN_INLINE vf vi_asf(vi a) { return _mm512_castsi512_ps(a); }
 SN_INLINE vi vf_asi(vf a) { return _mm512_castps_si512(a); }
 SN_INLINE vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+SN_INLINE vf v_nan0(vf a) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), a); }
 /* prepared activations and weights */
 typedef vi qa;
 typedef vi qw;
@@ -77,6 +78,7 @@ SN_INLINE vi vf_toi(vf a) { return _mm256_cvtps_epi32(a); }
 SN_INLINE vf vi_asf(vi a) { return _mm256_castsi256_ps(a); }
 SN_INLINE vi vf_asi(vf a) { return _mm256_castps_si256(a); }
 SN_INLINE vf v_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+SN_INLINE vf v_nan0(vf a) { return _mm256_and_ps(a, _mm256_cmp_ps(a, a, _CMP_ORD_Q)); }
 typedef struct { vi e, o; } qa; /* bytes 0, 2 and 1, 3 of each word as 16-bit lanes */
 typedef qa qw;
 SN_INLINE qa q_prep(vi a, int is_signed)
@@ -140,6 +142,7 @@ SN_INLINE vi vf_toi(vf a) { vi r; for (int i = 0; i < VW; i++) r[i] = (int32_t)n
 SN_INLINE vf vi_asf(vi a) { vf r; memcpy(&r, &a, sizeof r); return r; }
 SN_INLINE vi vf_asi(vf a) { vi r; memcpy(&r, &a, sizeof r); return r; }
 SN_INLINE vf v_min(vf a, vf b) { vf r; for (int i = 0; i < VW; i++) r[i] = a[i] < b[i] ? a[i] : b[i]; return r; }
+SN_INLINE vf v_nan0(vf a) { vf r; for (int i = 0; i < VW; i++) r[i] = a[i] == a[i] ? a[i] : 0.0f; return r; }
 typedef struct { vi e, o; } qa; /* per word: 16-bit halves holding bytes 0, 2 (e) and 1, 3 (o) */
 typedef qa qw;
 SN_INLINE qa q_prep(vi a, int is_signed)
@@ -261,7 +264,8 @@ static qpw_fn qpw_pick(int mr, int nv)
     return mr == 8 ? qpw_k_8_1 : qpw_k_4_1;
 }
 
-/* chunks: pixel blocks (outer) x tiles (inner), cut evenly */
+/* chunks: pixel blocks (outer) x tiles (inner), cut evenly; the nblk blocks of up to QPW_NV vectors differ by
+ * at most one vector (a 7x7 plane, 4 vectors, is 2 + 2, not 3 + 1), so that equal shares cost the same */
 static int qpw_units(const sn_op *op, int *nblk)
 {
     const int P = op->H * op->W;
@@ -272,14 +276,14 @@ static int qpw_units(const sn_op *op, int *nblk)
 static void qpw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int nblk;
-    const int U = qpw_units(op, &nblk), P = op->H * op->W;
+    const int U = qpw_units(op, &nblk), P = op->H * op->W, nvec = CDIV(P, VW);
     const int u0 = (int)((int64_t)U * chunk / n), u1 = (int)((int64_t)U * (chunk + 1) / n);
     const int vnni_comp = Q_VNNI && (op->qflags & Q_SIGNED_SRC);
     for (int u = u0; u < u1; u++) {
         const int blk = u / op->groups, ti = u % op->groups;
         const int32_t *t = op->koff + 5 * ti;
-        const int p = blk * QPW_NV * VW;
-        const int nv = MIN(QPW_NV, CDIV(P - p, VW));
+        const int va = (int)((int64_t)nvec * blk / nblk), vb = (int)((int64_t)nvec * (blk + 1) / nblk);
+        const int p = va * VW, nv = vb - va;
         qpw_pick(t[1], nv)(op, t, slot, cs, p, P, vnni_comp);
     }
 }
@@ -316,35 +320,151 @@ SN_INLINE void q_taps(const int32_t *pl, int H, int W, int stride, int oy, int o
 
 /* Depthwise 3x3 (and the 3x3/2 average pool: weights 1): output channel o reads input channel koff[o] (the
  * channel shuffle before the next 1x1 conv is this map); wp: [cout quads][4][9] words, each with channel o's
- * weight in the byte of koff[o] within its word (0 elsewhere), so one dot product picks that channel. */
+ * weight in the byte of koff[o] within its word (0 elsewhere), so one dot product picks that channel.
+ *
+ * One output quad and one pixel vector at a time: the four channels' 9 dot products are four independent
+ * chains, interleaved (the latency of one chain would otherwise dominate). Stride 1 runs along the flattened
+ * plane (a vector may span rows, so a 7x7 plane is 4 vectors, not 7 rows of 7 lanes): the tap masks combine
+ * the plane's bounds with op->masks (per pixel vector: lanes with a left / right neighbour). Stride 2 runs
+ * row by row (qdw_s2_vec). Work is split over pixel vectors (stride 1) or output rows (stride 2), over output
+ * quads when a plane has few of those (see qdw_split). */
+static void qdw_split(const sn_op *op, int n, int *pp, int *pq)
+{
+    const int units = op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+    const int nq = CDIV(op->cout, 4);
+    if (n <= 1) {
+        *pp = *pq = 1;
+    } else if (units >= 4 * n || units >= nq) {
+        *pp = MIN(n, units);
+        *pq = 1;
+    } else {
+        *pp = 1;
+        *pq = MIN(n, nq);
+    }
+}
+
+SN_INLINE void qdw_quad(const int32_t *const src[4], const int32_t *wq, const int32_t *comp,
+                        const float *m, const float *c, int nb, const int32_t *off, const vm *mk, vf lo, vf hi,
+                        int sgn, int32_t *dst, vm mst)
+{
+    vi acc[4];
+    UNROLL for (int b = 0; b < 4; b++) acc[b] = comp ? vi_set1(comp[b]) : vi_zero();
+    UNROLL for (int k = 0; k < 9; k++) {
+        UNROLL for (int b = 0; b < 4; b++) {
+            if (b < nb) acc[b] = q_dot(acc[b], q_prep(vi_loadz(src[b] + off[k], mk[k]), sgn), q_prepw(wq[9 * b + k]));
+        }
+    }
+    vi out = vi_zero();
+    UNROLL for (int b = 0; b < 4; b++) {
+        if (b < nb) out = vi_or(out, q_requant(acc[b], m[b], c[b], 0, v_zero(), 0.f, lo, hi, b));
+    }
+    vi_storem(dst, out, mst);
+}
+
+/* Stride 2: one output quad, one vector of output row oy from column ox0. The taps of an input row are the
+ * even / odd columns of two vector pairs; `same` (all four channels read one plane) forms them once for all
+ * four, else once per channel. Rows outside the image are zero taps, like columns (VNNI: comp counts them). */
+SN_INLINE void qdw_s2_vec(const int same, const int32_t *const src[4], const int32_t *wq, const int32_t *comp,
+                          const float *m, const float *c, int nb, int H, int W, int oy, int ox0, vf lo, vf hi,
+                          int sgn, int32_t *dst, vm mst)
+{
+    vi acc[4];
+    UNROLL for (int b = 0; b < 4; b++) acc[b] = comp ? vi_set1(comp[b]) : vi_zero();
+    const int xs = 2 * ox0;
+    const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
+    const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
+    UNROLL for (int dy = 0; dy < 3; dy++) {
+        const int iy = 2 * oy - 1 + dy, inside = iy >= 0 && iy < H;
+        UNROLL for (int b = 0; b < 4; b++) {
+            if (b >= nb || (same && b > 0)) break;
+            vi t[3] = {vi_zero(), vi_zero(), vi_zero()};
+            if (inside) {
+                const int32_t *row = src[b] + (ptrdiff_t)iy * W + xs;
+                const vf L0 = vi_asf(vi_loadz(row, mA)), L1 = vi_asf(vi_loadz(row + VW, mB));
+                const vf M0 = vi_asf(vi_loadz(row - 1, mC)), M1 = vi_asf(vi_loadz(row - 1 + VW, mD));
+                t[0] = vf_asi(v_even(M0, M1));
+                t[1] = vf_asi(v_even(L0, L1));
+                t[2] = vf_asi(v_odd(L0, L1));
+            }
+            UNROLL for (int j = 0; j < 3; j++) {
+                const qa a = q_prep(t[j], sgn);
+                if (same) {
+                    UNROLL for (int e = 0; e < 4; e++) {
+                        if (e < nb) acc[e] = q_dot(acc[e], a, q_prepw(wq[9 * e + 3 * dy + j]));
+                    }
+                } else {
+                    acc[b] = q_dot(acc[b], a, q_prepw(wq[9 * b + 3 * dy + j]));
+                }
+            }
+        }
+    }
+    vi out = vi_zero();
+    UNROLL for (int b = 0; b < 4; b++) {
+        if (b < nb) out = vi_or(out, q_requant(acc[b], m[b], c[b], 0, v_zero(), 0.f, lo, hi, b));
+    }
+    vi_storem(dst, out, mst);
+}
+
 static void qdw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
-    const int y0 = (int)((int64_t)op->OH * chunk / n), y1 = (int)((int64_t)op->OH * (chunk + 1) / n);
+    int pp, pq;
+    qdw_split(op, n, &pp, &pq);
+    const int pi = chunk / pq, qi = chunk % pq, nq = CDIV(op->cout, 4);
     const int sgn = op->qflags & Q_SIGNED_SRC, vnni_comp = Q_VNNI && sgn;
     const vf lo = v_set1((float)op->lo), hi = v_set1((float)op->hi);
     const int32_t *wp = (const int32_t *)op->wp;
-    for (int jq = 0; jq < CDIV(op->cout, 4); jq++) {
-        int32_t *dst = qplane(slot, cs, op->dst, op->dst_coff / 4 + jq);
-        const int32_t *src[4];
-        qw w[4][9];
-        for (int b = 0; b < 4; b++) {
-            const int o = MIN(4 * jq + b, op->cout - 1);
-            src[b] = qplane(slot, cs, op->src, op->koff[o] / 4);
-            for (int k = 0; k < 9; k++) w[b][k] = q_prepw(wp[(4 * jq + b) * 9 + k]);
+    const int jq0 = (int)((int64_t)nq * qi / pq), jq1 = (int)((int64_t)nq * (qi + 1) / pq);
+    const int H = op->H, W = op->W, P = H * W;
+    if (op->stride == 1) {
+        const int nvec = CDIV(P, VW);
+        const int v0 = (int)((int64_t)nvec * pi / pp), v1 = (int)((int64_t)nvec * (pi + 1) / pp);
+        for (int v = v0; v < v1; v++) {
+            const int p0 = v * VW;
+            const vm ml = v_mask_bits(op->masks[2 * v]), mr = v_mask_bits(op->masks[2 * v + 1]);
+            int32_t off[9];
+            vm mk[9];
+            for (int dy = 0; dy < 3; dy++) {
+                for (int dx = 0; dx < 3; dx++) {
+                    const int d = (dy - 1) * W + dx - 1;
+                    off[3 * dy + dx] = p0 + d;
+                    const vm inb = v_mask_range(MAX(0, -(p0 + d)), P - (p0 + d)); /* inside the plane */
+                    vm mm = v_mask_and(inb, v_mask_n(P - p0));
+                    if (dx == 0) mm = v_mask_and(mm, ml);
+                    if (dx == 2) mm = v_mask_and(mm, mr);
+                    mk[3 * dy + dx] = mm;
+                }
+            }
+            const vm mst = v_mask_n(P - p0);
+            for (int jq = jq0; jq < jq1; jq++) {
+                const int o0 = 4 * jq, nb = MIN(4, op->cout - o0);
+                const int32_t *src[4];
+                for (int b = 0; b < 4; b++) src[b] = qplane(slot, cs, op->src, op->koff[o0 + MIN(b, nb - 1)] / 4);
+                qdw_quad(src, wp + (ptrdiff_t)o0 * 9, vnni_comp ? op->comp + o0 : NULL, op->m + o0,
+                         op->b + o0, nb, off, mk, lo, hi, sgn, qplane(slot, cs, op->dst, op->dst_coff / 4 + jq) + p0,
+                         mst);
+            }
         }
+        return;
+    }
+    const int y0 = (int)((int64_t)op->OH * pi / pp), y1 = (int)((int64_t)op->OH * (pi + 1) / pp);
+    for (int jq = jq0; jq < jq1; jq++) {
+        const int o0 = 4 * jq, nb = MIN(4, op->cout - o0);
+        const int32_t *src[4];
+        int same = 1; /* all channels of the quad read one input plane (no shuffle: an average pool) */
+        for (int b = 0; b < 4; b++) {
+            src[b] = qplane(slot, cs, op->src, op->koff[o0 + MIN(b, nb - 1)] / 4);
+            same &= src[b] == src[0];
+        }
+        int32_t *dst = qplane(slot, cs, op->dst, op->dst_coff / 4 + jq);
+        const int32_t *wq = wp + (ptrdiff_t)o0 * 9, *comp = vnni_comp ? op->comp + o0 : NULL;
         for (int oy = y0; oy < y1; oy++)
             for (int ox0 = 0; ox0 < op->OW; ox0 += VW) {
-                vi out = vi_zero();
-                vi t[9];
-                for (int b = 0; b < 4; b++) {
-                    const int o = 4 * jq + b;
-                    if (o >= op->cout) break;
-                    if (b == 0 || src[b] != src[b - 1]) q_taps(src[b], op->H, op->W, op->stride, oy, ox0, vi_zero(), t);
-                    vi acc = vnni_comp ? vi_set1(op->comp[o]) : vi_zero();
-                    for (int k = 0; k < 9; k++) acc = q_dot(acc, q_prep(t[k], sgn), w[b][k]);
-                    out = vi_or(out, q_requant(acc, op->m[o], op->b[o], 0, v_zero(), 0.f, lo, hi, b));
-                }
-                vi_storem(dst + (ptrdiff_t)oy * op->OW + ox0, out, v_mask_n(op->OW - ox0));
+                int32_t *d = dst + (ptrdiff_t)oy * op->OW + ox0;
+                const vm mst = v_mask_n(op->OW - ox0);
+                if (same)
+                    qdw_s2_vec(1, src, wq, comp, op->m + o0, op->b + o0, nb, H, W, oy, ox0, lo, hi, sgn, d, mst);
+                else
+                    qdw_s2_vec(0, src, wq, comp, op->m + o0, op->b + o0, nb, H, W, oy, ox0, lo, hi, sgn, d, mst);
             }
     }
 }
@@ -388,14 +508,20 @@ static void qconv_run(const sn_op *op, float *const *slot, const int64_t *cs, in
                 for (int k = 0; k < 9; k++) ta[q * 9 + k] = q_prep(t[k], sgn);
             }
             for (int jq = 0; jq < CDIV(op->cout, 4); jq++) {
-                vi out = vi_zero();
-                for (int b = 0; b < 4 && 4 * jq + b < op->cout; b++) {
-                    const int o = 4 * jq + b;
-                    vi acc = vnni_comp ? vi_set1(op->comp[o]) : vi_zero();
-                    const int32_t *wo = wp + (ptrdiff_t)o * nq * 9;
-                    for (int k = 0; k < nq * 9; k++) acc = q_dot(acc, ta[k], q_prepw(wo[k]));
-                    out = vi_or(out, q_requant(acc, op->m[o], op->b[o], 0, v_zero(), 0.f, lo, hi, b));
+                /* the quad's four channels as four interleaved chains (a channel past cout repeats the last
+                 * one and is not stored) */
+                const int o0 = 4 * jq, nb = MIN(4, op->cout - o0);
+                vi acc[4];
+                const int32_t *wo[4];
+                UNROLL for (int b = 0; b < 4; b++) {
+                    acc[b] = vnni_comp ? vi_set1(op->comp[o0 + MIN(b, nb - 1)]) : vi_zero();
+                    wo[b] = wp + (ptrdiff_t)(o0 + MIN(b, nb - 1)) * nq * 9;
                 }
+                for (int k = 0; k < nq * 9; k++)
+                    UNROLL for (int b = 0; b < 4; b++) acc[b] = q_dot(acc[b], ta[k], q_prepw(wo[b][k]));
+                vi out = vi_zero();
+                for (int b = 0; b < nb; b++)
+                    out = vi_or(out, q_requant(acc[b], op->m[o0 + b], op->b[o0 + b], 0, v_zero(), 0.f, lo, hi, b));
                 vi_storem(qplane(slot, cs, op->dst, jq) + (ptrdiff_t)oy * op->OW + ox0, out,
                           v_mask_n(op->OW - ox0));
             }
@@ -428,26 +554,27 @@ static void qgap_run(const sn_op *op, float *const *slot, const int64_t *cs, int
     }
 }
 
-/* float NCHW planes -> quad planes: q = round(clamp(x / scale)), NaN -> 0 (Python marks those images) */
+/* float NCHW planes -> quad planes: q = round(clamp(x / scale)), NaN -> 0 (Python marks those images).
+ * Chunks are ranges of pixel vectors, over all quads. */
 static void qpack_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
-    int q0, q1;
-    chan_range(CDIV(op->cout, 4), chunk, n, &q0, &q1);
-    const int P = op->H * op->W;
-    const float s = op->m_res;
-    for (int q = q0; q < q1; q++) {
+    const int P = op->H * op->W, nvec = CDIV(P, VW);
+    const int v0 = (int)((int64_t)nvec * chunk / n), v1 = (int)((int64_t)nvec * (chunk + 1) / n);
+    const vf s = v_set1(op->m_res), lo = v_set1(-128.0f), hi = v_set1(127.0f);
+    for (int q = 0; q < CDIV(op->cout, 4); q++) {
         int32_t *dst = qplane(slot, cs, op->dst, q);
+        const int nb = MIN(4, op->cin - 4 * q);
         const float *src[4];
-        for (int b = 0; b < 4; b++) src[b] = 4 * q + b < op->cin ? slot[op->src] + (ptrdiff_t)(4 * q + b) * cs[op->src] : NULL;
-        for (int p = 0; p < P; p++) {
-            uint32_t w = 0;
-            for (int b = 0; b < 4; b++) {
-                if (!src[b]) continue;
-                float x = src[b][p] / s;
-                x = x != x ? 0.0f : x < -128.0f ? -128.0f : x > 127.0f ? 127.0f : x;
-                w |= ((uint32_t)(int32_t)nearbyintf(x) & 0xFFu) << (8 * b);
+        for (int b = 0; b < 4; b++) src[b] = slot[op->src] + (ptrdiff_t)(4 * q + MIN(b, nb - 1)) * cs[op->src];
+        for (int v = v0; v < v1; v++) {
+            const int p = v * VW;
+            const vm mk = v_mask_n(P - p);
+            vi w = vi_zero();
+            for (int b = 0; b < nb; b++) {
+                const vf x = v_min(v_max(v_nan0(v_div(v_loadz(src[b] + p, mk), s)), lo), hi);
+                w = vi_or(w, vi_sll(vi_and(vf_toi(x), vi_set1(0xFF)), 8 * b));
             }
-            dst[p] = (int32_t)w;
+            vi_storem(dst + p, w, mk);
         }
     }
 }

@@ -133,15 +133,27 @@ static void pw_blocks(int N, int *nb, int *base, int *extra)
 
 SN_INLINE int blk_start(int bi, int base, int extra) { return bi * base + MIN(bi, extra); }
 
+/* Register tiles of PW_NV_DEFAULT pixel vectors that pixel ranges are cut from: only the full vectors count when
+ * the partial last one goes to pw_tail (cheap: a 7x7 plane is 3 full vectors and 1 pixel, one tile, so that it is
+ * split over output channels rather than into a share with all the work and one with a pixel). */
+static int pw_tiles(const sn_op *op)
+{
+    const int P = op->H * op->W;
+    int nb, base, extra;
+    pw_blocks(op->N, &nb, &base, &extra);
+    const int tail = base + (extra > 0) <= VW;
+    return MAX(1, CDIV(tail ? P / VW : CDIV(P, VW), PW_NV_DEFAULT));
+}
+
 static void pw_split(const sn_op *op, int T, int *ps, int *ns)
 {
-    const int P = op->H * op->W, nvec = CDIV(P, VW);
+    const int P = op->H * op->W;
     const double work = (double)P * op->K * op->N * op->groups;
     const int d = split_count(work, T, 1 << 20);
     const int dg = CDIV(d, op->groups);
     int nb, base, extra;
     pw_blocks(op->N, &nb, &base, &extra);
-    *ps = MAX(1, MIN(dg, CDIV(nvec, PW_NV_DEFAULT))); /* pixel ranges: whole register tiles */
+    *ps = MAX(1, MIN(dg, pw_tiles(op))); /* pixel ranges: whole register tiles */
     *ns = MAX(1, MIN(CDIV(dg, *ps), nb));
 }
 
@@ -255,9 +267,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     /* pixel-major: consecutive chunks are one pixel range, all groups (see dw_run) */
     const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), g = r / ns, ni = r % ns;
     const int P = op->H * op->W, nvec = CDIV(P, VW), K = op->K, N = op->N;
-    const int ntiles = CDIV(nvec, PW_NV_DEFAULT);
+    const int ntiles = pw_tiles(op);
     const int v0 = (int)((int64_t)ntiles * pi / ps) * PW_NV_DEFAULT;
-    const int v1 = MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
+    const int v1 = pi == ps - 1 ? nvec : MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
     const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
     if (v0 >= v1 || b0 >= b1) return;
     const float *a = slot[op->src];
@@ -380,16 +392,26 @@ static void chan_range(int C, int chunk, int n, int *c0, int *c1)
 }
 
 /* chunks are ranges of pixel vectors (stride 1) or output rows (stride 2), over all channels, so that
- * consecutive chunks (one thread's share) cover one region of the image in every op */
+ * consecutive chunks (one thread's share) cover one region of the image in every op; a small plane (a 7x7
+ * one is 4 vectors, the last of one pixel) is split over channels instead, so that the shares cost the same */
+static int dw_by_channels(const sn_op *op, int n)
+{
+    const int units = op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+    return n > 1 && units < 4 * n && units < op->cout;
+}
+
 static void dw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     const int s1 = op->kind == SN_OP_DW && op->stride == 1;
     const int len = s1 ? CDIV(op->H * op->W, VW) : op->OH;
-    int r0, r1;
-    chan_range(len, chunk, n, &r0, &r1);
+    int r0 = 0, r1 = len, ca = 0, cb = op->cout;
+    if (dw_by_channels(op, n))
+        chan_range(op->cout, chunk, n, &ca, &cb);
+    else
+        chan_range(len, chunk, n, &r0, &r1);
     if (r0 >= r1) return;
     const int64_t si = cs[op->src], so = cs[op->dst];
-    for (int c = 0; c < op->cout; c++) {
+    for (int c = ca; c < cb; c++) {
         const float *ip = slot[op->src] + (ptrdiff_t)(op->src_coff + c) * si;
         float *opl = slot[op->dst] + (ptrdiff_t)(op->dst_coff + c) * so;
         const float bias = op->b ? op->b[c] : 0.0f;
@@ -663,9 +685,11 @@ static int op_nchunks(const sn_op *op, int T)
         return op->groups * ps * ns;
     }
     case SN_OP_DW:
-    case SN_OP_POOL:
-        return split_count(9.0 * OP * op->cout, T,
-                           op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH);
+    case SN_OP_POOL: {
+        const int units = op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+        const int d = split_count(9.0 * OP * op->cout, T, MAX(units, op->cout));
+        return dw_by_channels(op, d) ? MIN(d, op->cout) : MIN(d, units);
+    }
     case SN_OP_CONV:
         return split_count(9.0 * OP * op->cout * op->cin * (op->pool ? 4 : 1), T, op->OH);
     case SN_OP_GAP:
@@ -676,16 +700,23 @@ static int op_nchunks(const sn_op *op, int T)
         return split_count(P * op->cout, T, op->cout);
     case SN_OP_QPW: {
         int nblk;
-        return split_count(P * op->K * op->cout / 8.0, T, qpw_units(op, &nblk));
+        return split_count(P * op->K * op->cout / 3.0, T, qpw_units(op, &nblk)); /* ~3x the float rate */
     }
-    case SN_OP_QDW:
+    case SN_OP_QDW: {
+        /* one dot product per output, tap and channel, as the float depthwise conv */
+        int pp, pq;
+        const int units = op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+        qdw_split(op, split_count(9.0 * OP * op->cout, T, units * CDIV(op->cout, 4)), &pp, &pq);
+        return pp * pq;
+    }
     case SN_OP_QMAX:
         return split_count(9.0 * OP * op->cout / 4.0, T, op->OH);
     case SN_OP_QCONV:
         return split_count(9.0 * OP * op->cout * CDIV(op->cin, 4) / 4.0, T, op->OH);
     case SN_OP_QGAP:
-    case SN_OP_QPACK:
         return split_count(P * op->cout, T, CDIV(op->cout, 4));
+    case SN_OP_QPACK: /* a division per value */
+        return split_count(4.0 * P * op->cout, T, CDIV(op->H * op->W, VW));
     case SN_OP_QOUT:
         return split_count(P * op->cout, T, op->cout);
     default:

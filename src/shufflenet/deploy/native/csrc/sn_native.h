@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define SN_ABI_VERSION 4
+#define SN_ABI_VERSION 5
 
 #define SN_API __attribute__((visibility("default")))
 
@@ -55,7 +55,7 @@ typedef struct sn_op {
     const float *wp;                /* PW, FC, CONV: w repacked by sn_pack for the instruction set in use */
     const float *b;                 /* bias per output channel (may be NULL for POOL, GAP) */
     const int32_t *koff;            /* PW: [groups][K] element offsets of the input planes in src */
-    const uint32_t *masks;          /* DW stride 1: per pixel vector {left-ok bits, right-ok bits} */
+    const uint32_t *masks;          /* DW, QDW stride 1: per pixel vector {left-ok bits, right-ok bits} */
     /* int8 ops: y = float(acc (+ comp[o])) * m[o] + b[o] (+ float(res) * m_res), clamped to [lo, hi] */
     int32_t qflags;                 /* 1: the input is signed, 2: the residual is signed */
     int32_t lo, hi;

@@ -595,11 +595,16 @@ static double thread_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Run the plan on the calling thread only, adding the CPU seconds each op takes to seconds[op] (robust to
- * other processes taking the CPU). Returns 0 or a negative error code. */
-SN_API int sn_profile(const sn_plan *plan, int isa, float *x, float *y, double *seconds)
+/* Run the plan on the calling thread only, every op cut into the chunks it gets with T threads (1: none), all
+ * of them run here in order. Adds to seconds[op] the CPU time the op takes and to share[op] that of its largest
+ * share (the chunks sn_run gives one thread first: what the op costs with T threads that never steal), and
+ * writes its chunk count to nchunks[op]. Thread CPU time is robust to other processes taking the CPU. Returns 0
+ * or a negative error code. */
+SN_API int sn_profile(const sn_plan *plan, int isa, int T, float *x, float *y, double *seconds, double *share,
+                      int32_t *nchunks)
 {
     if (!plan || plan->nops <= 0 || plan->nslots > SN_MAX_SLOTS || plan->nslots < 2) return -1;
+    if (T < 1) T = 1;
     const sn_vtab *vt = vtab_for(isa);
     sn_job j;
     memset(&j, 0, sizeof j);
@@ -611,10 +616,18 @@ SN_API int sn_profile(const sn_plan *plan, int isa, float *x, float *y, double *
     for (int img = 0; img < plan->batch; img++) {
         resolve(&j, img, 0, slot);
         for (int op = 0; op < plan->nops; op++) {
-            const double t0 = thread_seconds();
-            const int n = vt->nchunks(&plan->ops[op], 1);
-            for (int c = 0; c < n; c++) vt->run(&plan->ops[op], slot, plan->slot_cs, c, 1);
-            seconds[op] += thread_seconds() - t0;
+            const int n = vt->nchunks(&plan->ops[op], T);
+            double most = 0.0, t0 = thread_seconds();
+            const double start = t0;
+            for (int t = 0; t < T; t++) {
+                for (int c = n * t / T; c < n * (t + 1) / T; c++) vt->run(&plan->ops[op], slot, plan->slot_cs, c, T);
+                const double t1 = thread_seconds();
+                most = t1 - t0 > most ? t1 - t0 : most;
+                t0 = t1;
+            }
+            seconds[op] += t0 - start;
+            share[op] += most;
+            nchunks[op] = n;
         }
     }
     pthread_mutex_unlock(&g_run_mu);

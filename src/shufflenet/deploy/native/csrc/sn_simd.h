@@ -32,6 +32,7 @@ SN_INLINE void v_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 SN_INLINE vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 SN_INLINE vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 SN_INLINE vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+SN_INLINE vf v_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 SN_INLINE vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 SN_INLINE vf v_maxp(vf a, vf b) { return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a); }
 SN_INLINE vm v_mask_all(void) { return (vm)0xFFFF; }
@@ -64,6 +65,7 @@ SN_INLINE void v_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
 SN_INLINE vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 SN_INLINE vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 SN_INLINE vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+SN_INLINE vf v_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 SN_INLINE vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 SN_INLINE vf v_maxp(vf a, vf b) { return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 SN_INLINE vm v_mask_all(void) { return _mm256_set1_epi32(-1); }
@@ -107,6 +109,7 @@ SN_INLINE void v_store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 SN_INLINE vf v_fma(vf a, vf b, vf c) { return a * b + c; }
 SN_INLINE vf v_add(vf a, vf b) { return a + b; }
 SN_INLINE vf v_mul(vf a, vf b) { return a * b; }
+SN_INLINE vf v_div(vf a, vf b) { return a / b; }
 SN_INLINE vf v_max(vf a, vf b) {
     vf r;
     for (int i = 0; i < VW; i++) r[i] = a[i] > b[i] ? a[i] : b[i];
