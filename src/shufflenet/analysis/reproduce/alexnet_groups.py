@@ -201,8 +201,8 @@ def run_alexnet_groups(opts: AlexNetGroupsConfig) -> dict:
             [
                 data_line(opts, train_ds, test_ds, f", upsampled to {size}x{size}"),
                 "training: SGD, Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights, dropout 0.5, "
-                "10% linear warm-up then cosine decay, random crop and horizontal flip; conv1 initialised from "
-                "N(0, 0.01), the other layers Kaiming-normal",
+                f"{opts.warmup:.0%} linear warm-up then cosine decay, random crop and horizontal flip; conv1 "
+                "initialised from N(0, 0.01), the other layers Kaiming-normal",
             ],
         )
     )
