@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     backends=backends,
                     input_size=args.input_size,
                     runs=args.runs,
+                    rounds=args.rounds,
                     warmup=args.warmup,
                     load_window=args.load_window,
                     log=log,
@@ -245,7 +246,11 @@ def _report(args, results, shuffle, backends, sys0, sys1, seconds) -> str:
         "## Latency",
         "",
         f"Median ms per forward pass of the whole batch (10th percentile in brackets) over {args.runs} runs, "
-        "each backend in its own process.",
+        + (
+            f"in {args.rounds} rounds of one process per backend (the backends in turn)."
+            if args.rounds > 1
+            else "each backend in its own process."
+        ),
         "",
     ]
     lines += _latency_table(results, backends)

@@ -103,7 +103,11 @@ def _invalid(files) -> dict[str, list[list[str]]]:
             [ok, "--out", f"{blocker}/x"],
         ],
         "reproduce": [["--no-such-flag"]],
-        "bench": [["shufflenet_v1_g3_x0_25", "--batch", "0"], ["no_such_model"]],
+        "bench": [
+            ["shufflenet_v1_g3_x0_25", "--batch", "0"],
+            ["shufflenet_v1_g3_x0_25", "--rounds", "0"],
+            ["no_such_model"],
+        ],
         "export": [
             [ok],  # --onnx is required
             [ok, "--onnx", f"{blocker}/m.onnx"],

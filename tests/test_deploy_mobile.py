@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -283,6 +284,42 @@ def test_bench_runs_each_backend_in_its_own_process():
         assert len(r.times_ms) == 3 and r.max_rel_error < 1e-4
         assert r.other_cores_during is None or r.other_cores_during >= 0
     assert "0 ops outside" in res.backends["executorch"].engine
+
+
+@pytest.mark.slow
+def test_bench_rounds_interleave_worker_processes(monkeypatch):
+    from shufflenet.deploy import benchmark
+
+    calls = []
+    real = benchmark._run_worker
+
+    def spy(spec, timeout):
+        res = real(spec, timeout)
+        calls.append((spec["backend"], spec["runs"], res.pid))
+        return res
+
+    monkeypatch.setattr(benchmark, "_run_worker", spy)
+    res = benchmark.run_benchmark(
+        "shufflenet_v1_g3_x0_25",
+        batch=1,
+        threads=1,
+        backends=("eager", "optimized"),
+        input_size=32,
+        runs=5,
+        rounds=2,
+        warmup=1,
+        load_window=0.0,
+    )
+    # round 1: eager then optimized, 3 runs each; round 2 rotated: optimized then eager, 2 runs each
+    assert [(b, n) for b, n, _ in calls] == [
+        ("eager", 3), ("optimized", 3), ("optimized", 2), ("eager", 2)
+    ]  # fmt: skip
+    assert len({pid for _, _, pid in calls}) == 4  # a fresh process every time
+    for name, r in res.backends.items():
+        assert r.status == "ok", (name, r.reason)
+        assert len(r.times_ms) == 5 and r.median_ms == pytest.approx(statistics.median(r.times_ms))
+    with pytest.raises(ValueError, match="rounds=0 must be a positive int"):
+        benchmark.run_benchmark("shufflenet_v1_g3_x0_25", backends=("eager",), rounds=0)
 
 
 @needs_executorch

@@ -23,9 +23,16 @@ from .common import add_model_argument, command_parser, resolve_cli_model
 
 
 def add_timing_options(p: argparse.ArgumentParser) -> None:
-    """``--runs``, ``--warmup`` and ``--load-window``: how every backend is timed
+    """``--runs``, ``--rounds``, ``--warmup`` and ``--load-window``: how every backend is timed
     (:func:`shufflenet.deploy.benchmark.run_benchmark`)."""
     p.add_argument("--runs", type=int, default=200, help="timed forward passes per backend")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="worker processes per backend, interleaved with the other backends' (the runs are shared "
+        "among them): a drift of the machine's speed then weighs on every backend alike",
+    )
     p.add_argument("--warmup", type=int, default=10, help="untimed forward passes per backend")
     p.add_argument(
         "--load-window",
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--threads", args.threads),
         ("--input-size", args.input_size),
         ("--runs", args.runs),
+        ("--rounds", args.rounds),
     ):
         if v is not None and v < 1:
             print(f"shufflenet bench: {name}={v} must be >= 1", file=sys.stderr)
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             backends=backends,
             input_size=input_size,
             runs=args.runs,
+            rounds=args.rounds,
             warmup=args.warmup,
             load_window=args.load_window,
             log=log,

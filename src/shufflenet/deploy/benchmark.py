@@ -387,6 +387,21 @@ def _run_worker(spec: dict, timeout: float) -> BackendResult:
     return BackendResult(**json.loads(lines[-1]))
 
 
+def _max_or_none(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _pool_rounds(before: BackendResult | None, new: BackendResult) -> BackendResult:
+    """One backend's result over the rounds so far: times pooled, the load as the worst seen, a failure kept."""
+    if before is None or new.status != "ok":
+        return new
+    before.times_ms.extend(new.times_ms)
+    before.other_cores_before = _max_or_none(before.other_cores_before, new.other_cores_before)
+    before.other_cores_during = _max_or_none(before.other_cores_during, new.other_cores_during)
+    before.max_rel_error = _max_or_none(before.max_rel_error, new.max_rel_error)
+    return before
+
+
 def run_benchmark(
     model: nn.Module | str,
     batch: int = 1,
@@ -401,15 +416,22 @@ def run_benchmark(
     log=None,
     arch: str | None = None,
     arch_kwargs: dict | None = None,
+    rounds: int = 1,
 ) -> BenchResult:
     """Time ``model`` on each backend in its own worker process, one backend after the other.
+
+    With ``rounds`` > 1 every backend gets that many worker processes, each timing its share of ``runs``,
+    in rounds that visit the backends in turn (the order rotated by one each round): a slow drift of the
+    machine's speed, or one unlucky process (memory placement, a noisy neighbour), then weighs on every
+    backend alike instead of on whichever ran at the time. The statistics pool the runs of all rounds.
 
     Args:
         model: a registered name (with optional ``weights``), or a module built by
             :func:`shufflenet.create_model` (or described by ``arch``/``arch_kwargs``), saved to a temporary
             model file for the workers.
         batch, threads, input_size: the workload; every engine gets ``threads`` threads.
-        runs: timed forward passes per backend (median and percentiles over them).
+        runs: timed forward passes per backend (median and percentiles over them), over all rounds.
+        rounds: worker processes per backend, interleaved with the other backends' (see above).
         warmup: untimed passes first.
         load_window: seconds over which other processes' CPU use is sampled before each worker starts.
         timeout: seconds allowed to one worker (building included).
@@ -427,6 +449,7 @@ def run_benchmark(
         ("threads", threads),
         ("input_size", input_size),
         ("runs", runs),
+        ("rounds", rounds),
     ):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{k}={v!r} must be a positive int")
@@ -457,11 +480,23 @@ def run_benchmark(
         macs = profile(module, input_size).macs
         system = system_info()
         results: dict[str, BackendResult] = {}
+        order = list(backends)
+        for r in range(rounds):
+            share = runs // rounds + (r < runs % rounds)
+            for b in order[r % len(order) :] + order[: r % len(order)]:
+                if share == 0 or (b in results and results[b].status != "ok"):
+                    continue
+                before = cpu_busy_other(load_window) if load_window > 0 else None
+                say(
+                    f"  {b}: worker process ({threads} threads, batch {batch}, {share} runs"
+                    + (f", round {r + 1}/{rounds}" if rounds > 1 else "")
+                    + ") ..."
+                )
+                res = _run_worker({**spec, "backend": b, "runs": share}, timeout)
+                res.other_cores_before = before
+                results[b] = _pool_rounds(results.get(b), res)
         for b in backends:
-            before = cpu_busy_other(load_window) if load_window > 0 else None
-            say(f"  {b}: worker process ({threads} threads, batch {batch}, {runs} runs) ...")
-            res = _run_worker({**spec, "backend": b}, timeout)
-            res.other_cores_before = before
+            res = results[b]
             if res.status == "ok" and res.times_ms:
                 ts = res.times_ms
                 res.median_ms = statistics.median(ts)
