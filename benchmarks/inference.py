@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from shufflenet.cli.bench import add_timing_options
+from shufflenet.cli.bench import add_timing_options, timing_kwargs
 from shufflenet.complexity import profile
 from shufflenet.deploy.benchmark import (
     BENCH_BACKENDS,
@@ -187,11 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                     threads=threads,
                     backends=backends,
                     input_size=args.input_size,
-                    runs=args.runs,
-                    rounds=args.rounds,
-                    warmup=args.warmup,
-                    load_window=args.load_window,
                     log=log,
+                    **timing_kwargs(args),
                 )
                 results.append(r)
                 line = "  ".join(

@@ -42,6 +42,16 @@ def add_timing_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def timing_kwargs(args: argparse.Namespace) -> dict:
+    """The :func:`~shufflenet.deploy.benchmark.run_benchmark` arguments of :func:`add_timing_options`."""
+    return {
+        "runs": args.runs,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "load_window": args.load_window,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "shufflenet bench",
@@ -111,13 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             backends=backends,
             input_size=input_size,
-            runs=args.runs,
-            rounds=args.rounds,
-            warmup=args.warmup,
-            load_window=args.load_window,
             log=log,
             arch=resolved.name,
             arch_kwargs=resolved.arch_kwargs,
+            **timing_kwargs(args),
         )
     res.model = resolved.name
     print(format_table(res))
