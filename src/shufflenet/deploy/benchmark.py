@@ -47,6 +47,7 @@ from torch import nn
 from ..models import in_channels
 from ..utils import torch_threads
 from .api import BACKENDS, optimize
+from .errors import NotSupportedError
 
 __all__ = [
     "BENCH_BACKENDS",
@@ -322,8 +323,6 @@ def _build_backend(model: nn.Module, name: str, spec: dict, tmp: str):
 
 def _worker(spec: dict) -> dict:
     """Build one backend in this process and time it; returns a :class:`BackendResult` as a dict."""
-    from .fold import NotSupportedError
-
     name = spec["backend"]
     res = BackendResult(name, pid=os.getpid())
     torch.set_num_threads(spec["threads"])

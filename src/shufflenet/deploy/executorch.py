@@ -46,7 +46,8 @@ from torch import nn
 from ..data.spec import InputSpec, random_prepared
 from ..models import in_channels
 from ..utils.atomic import atomic_path, atomic_write
-from .fold import NotSupportedError, fold_batchnorm
+from .errors import NotSupportedError
+from .fold import fold_batchnorm
 
 __all__ = [
     "ENGINE",
@@ -191,7 +192,7 @@ def export_executorch(
         in_chans: input channels (default: those of the first convolution, or of ``input_spec``).
         input_spec: the input convention, stored in the sidecar.
         allow_outside: keep a program in which some nodes stay outside the delegate (listed in the result);
-            ``False``: raise :class:`~shufflenet.deploy.fold.NotSupportedError` naming their layers.
+            ``False``: raise :class:`~shufflenet.deploy.api.NotSupportedError` naming their layers.
         metadata: more entries for the sidecar (JSON-serialisable).
 
     Returns:

@@ -54,7 +54,8 @@ from ..data.spec import InputSpec, random_prepared
 from ..models import in_channels
 from ..ops.channel_shuffle import ChannelShuffle, ChannelUnshuffle
 from ..utils.atomic import atomic_path, atomic_write
-from .fold import NotSupportedError, fold_batchnorm
+from .errors import NotSupportedError
+from .fold import fold_batchnorm
 
 __all__ = [
     "ENGINE",

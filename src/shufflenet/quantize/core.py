@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..deploy.fold import NotSupportedError
+from ..deploy.errors import NotSupportedError
 from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
 from ..deploy.native.lower import Program, lower
 from ..deploy.native.module import NativeModule

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..deploy.fold import NotSupportedError
+from ..deploy.errors import NotSupportedError
 from ..deploy.native._abi import (
     OP_CONV,
     OP_DW,
