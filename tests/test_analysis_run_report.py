@@ -7,6 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
+import torch
 
 from shufflenet.analysis import run_report
 from shufflenet.cli import train
@@ -73,6 +74,9 @@ def test_train_command_repeats_the_run(run_dir) -> None:
 
 def test_unfinished_run_is_refused(tmp_path, capsys) -> None:
     (tmp_path / "config.json").write_text("{}")
-    assert run_report.main([str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    threads = torch.get_num_threads()
+    argv = [str(tmp_path), "--out", str(tmp_path / "p"), "--threads", str(threads + 1)]
+    assert run_report.main(argv) == 2
+    assert torch.get_num_threads() == threads  # restored, also on error
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing summary.json" in err

@@ -19,7 +19,14 @@ from shufflenet import (
     channel_unshuffle,
     create_model,
 )
-from shufflenet.deploy import BACKENDS, DeployedModel, channel_shuffle_nhwc, fold_conv_bn, optimize
+from shufflenet.deploy import (
+    BACKENDS,
+    DeployedModel,
+    channel_shuffle_nhwc,
+    fold_conv_bn,
+    measure_shuffle_bandwidth,
+    optimize,
+)
 from shufflenet.deploy.api import NotSupportedError
 from shufflenet.deploy.fold import invert_permutation, shuffle_permutation
 from shufflenet.deploy.optimized import FusedConv2d, OptimizedShuffleUnit, optimize_torch
@@ -95,6 +102,15 @@ def test_channel_shuffle_nhwc_pytorch_path():
         channel_shuffle_nhwc(x, 5)
     with pytest.raises(TypeError):
         channel_shuffle_nhwc([1, 2], 2)
+
+
+def test_measure_shuffle_bandwidth_counts_bytes_and_restores_threads():
+    threads = torch.get_num_threads()
+    res = measure_shuffle_bandwidth((1, 12, 4, 4), 3, rounds=2, threads=threads + 1, gap=0)
+    assert torch.get_num_threads() == threads
+    assert res["threads"] == threads + 1 and res["bytes"] == 2 * 12 * 4 * 4 * 4
+    assert {"clone", "torch", "copy_"} <= set(res["gbps"])
+    assert all(res["gbps_best"][k] >= res["gbps"][k] > 0 for k in res["gbps"])
 
 
 # ------------------------------------------------------------------------------------ optimized backend

@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from shufflenet import create_model, load_model
 from shufflenet.analysis.reproduce import (
@@ -121,7 +122,9 @@ def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
 def test_shuffle_smoke_on_builtin_digits(tmp_path) -> None:
     out = tmp_path / "s"
     args = ["shuffle", *SMOKE, "--groups", "1", "3", "--seeds", "0", "1", "--epochs", "1"]
-    assert cli.main([*args, "--threads", "1", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    assert cli.main([*args, "--threads", str(threads + 1), "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
     data = json.loads((out / "results.json").read_text())
     res, summary = data["results"], data["summary"]
     on, off = res["shufflenet_v1_g3_x0_25/shuffle/seed0"], res["shufflenet_v1_g3_x0_25/none/seed0"]

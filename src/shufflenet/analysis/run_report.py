@@ -30,6 +30,7 @@ from ..distributed import DistContext, resolve_device
 from ..model_file import load_model
 from ..train.engine import evaluate
 from ..train.metrics import plot_confusion, plot_curves
+from ..utils import torch_threads
 from ..utils.atomic import atomic_path
 from .outputs import write_json
 from .reproduce.common import Markdown, binomial_se_points, fmt_int
@@ -312,20 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        res = model_report(
-            args.run_dir,
-            args.out,
-            data=args.data,
-            command=args.command,
-            notes=args.note,
-            copy_model=args.copy_model,
-            batch_size=args.batch_size,
-            device=args.device,
-            argv=argv,
-        )
+        with torch_threads(args.threads or None):  # the caller's thread count is restored after
+            res = model_report(
+                args.run_dir,
+                args.out,
+                data=args.data,
+                command=args.command,
+                notes=args.note,
+                copy_model=args.copy_model,
+                batch_size=args.batch_size,
+                device=args.device,
+                argv=argv,
+            )
     except (TypeError, ValueError, FileNotFoundError) as e:
         print(f"run_report: error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import typing
 import torch
 
 from ..analysis.reproduce import BUDGETS, EXPERIMENTS, TrainingStopped, run_experiment
+from ..utils import torch_threads
 
 _EXIT = {"nonfinite": 3, "interrupted": 130}
 
@@ -91,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     no_progress = args.pop("no_progress")
     args.setdefault("out", f"runs/reproduce/{name}")
     args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    if args.get("threads"):
-        torch.set_num_threads(args["threads"])
     try:
         config = EXPERIMENTS[name].config(
             **args, progress=not no_progress and sys.stderr.isatty(), argv=argv
         )
-        run_experiment(name, config)
+        with torch_threads(
+            args.get("threads") or None
+        ):  # the caller's thread count is restored after
+            run_experiment(name, config)
     except TrainingStopped as e:
         print(f"shufflenet reproduce: {e}", file=sys.stderr)
         return _EXIT.get(e.status, 1)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..ops.channel_shuffle import channel_shuffle, channel_unshuffle
 from ..ops.validate import check_channels_divisible, check_groups_arg
+from ..utils import torch_threads
 
 __all__ = [
     "channel_shuffle_nhwc",
@@ -166,10 +167,15 @@ def measure_shuffle_bandwidth(
         ``torch``, ``native``, ``copy_``, ``native_out``; the native ones are missing without a compiler) and
         the ratios ``native_vs_clone``, ``torch_vs_clone``, ``native_out_vs_copy`` (medians).
     """
+    with torch_threads(threads):  # the caller's thread count is restored after
+        return _measure_shuffle_bandwidth(shape, groups, rounds, gap)
+
+
+def _measure_shuffle_bandwidth(
+    shape: tuple[int, ...], groups: int, rounds: int, gap: float
+) -> dict:
     import statistics
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     buf = torch.empty_like(x)
     nbytes = 2 * x.numel() * x.element_size()
