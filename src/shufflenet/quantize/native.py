@@ -89,8 +89,7 @@ def _shuffle_maps(qprog: QProgram) -> dict[int, np.ndarray]:
     for op in qprog.ops:
         if op.kind != OP_PW or np.array_equal(op.kidx, np.arange(len(op.kidx))):
             continue
-        writers = [o for o in qprog.ops if o.dst == op.src]
-        readers = [o for o in qprog.ops if op.src in (o.src, o.res)]
+        writers, readers = qprog.writers(op.src), qprog.readers(op.src)
         if len(writers) != 1 or writers[0].kind != OP_DW or len(readers) != 1 or op.src in maps:
             raise NotSupportedError("a channel permutation that does not follow a depthwise conv")
         maps[op.src] = np.asarray(op.kidx, np.int64)

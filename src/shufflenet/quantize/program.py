@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..deploy.native._abi import ACT_RELU, OP_CONV, OP_DW, OP_FC, OP_GAP, OP_POOL, OP_PW, POOL_MAX
-from ..deploy.native.lower import BaseOp, Value
+from ..deploy.native.lower import BaseOp, OpGraph, Value
 
 __all__ = ["QOp", "QValue", "QProgram", "requant", "qrange"]
 
@@ -54,7 +54,7 @@ class QOp(BaseOp):
 
 
 @dataclass
-class QProgram:
+class QProgram(OpGraph):
     values: list[QValue] = field(default_factory=list)
     ops: list[QOp] = field(default_factory=list)
     output: int = 0

@@ -54,7 +54,7 @@ from ._abi import (
     POOL_MAX,
 )
 
-__all__ = ["Value", "BaseOp", "Op", "Program", "lower"]
+__all__ = ["Value", "BaseOp", "Op", "OpGraph", "Program", "lower"]
 
 
 @dataclass
@@ -111,8 +111,20 @@ class Op(BaseOp):
     table: np.ndarray | None = None
 
 
+class OpGraph:
+    """Who writes and who reads a value, in a program of ops (float32 :class:`Program`, int8 ``QProgram``)."""
+
+    ops: list
+
+    def writers(self, value: int) -> list:
+        return [op for op in self.ops if op.dst == value]
+
+    def readers(self, value: int) -> list:
+        return [op for op in self.ops if value in (op.src, op.res)]
+
+
 @dataclass
-class Program:
+class Program(OpGraph):
     values: list[Value] = field(default_factory=list)
     ops: list[Op] = field(default_factory=list)
     output: int = 0
@@ -120,12 +132,6 @@ class Program:
     def new_value(self, channels: int, flat: bool = False) -> int:
         self.values.append(Value(channels, flat))
         return len(self.values) - 1
-
-    def writers(self, value: int) -> list[Op]:
-        return [op for op in self.ops if op.dst == value]
-
-    def readers(self, value: int) -> list[Op]:
-        return [op for op in self.ops if value in (op.src, op.res)]
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
