@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from shufflenet import create_model, load_model
 from shufflenet.analysis.reproduce import (
@@ -19,6 +20,7 @@ from shufflenet.analysis.reproduce import (
     GroupsConfig,
     ReproduceOptions,
     ShuffleConfig,
+    common,
     run_experiment,
 )
 from shufflenet.analysis.reproduce.common import load_splits, train_eval
@@ -116,6 +118,57 @@ def test_groups_smoke_on_builtin_digits(tmp_path) -> None:
     model, info = load_model(out / "checkpoints" / "nin_root4.safetensors")
     assert info.arch == "nin_root4" and info.input_spec.channel_order == "L"
     assert sum(p.numel() for p in model.parameters()) == res["4"]["params"]
+
+
+@pytest.mark.slow
+def test_resume_continues_a_stopped_report_exactly(tmp_path, monkeypatch, capsys) -> None:
+    args = ["groups", *SMOKE, "--epochs", "2", "--roots", "2", "--corr-images", "8",
+            "--init-seeds", "0", "--bootstrap", "0"]  # fmt: skip
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert cli.main([*args, "--save-checkpoints", "--out", str(whole)]) == 0
+    # the same report, stopped after its first epoch (as a kill after a checkpoint would leave it)
+    real = common.train_config
+    monkeypatch.setattr(
+        common, "train_config", lambda *a, **k: real(*a, **k).replace(stop_after_epochs=1)
+    )
+    assert cli.main([*args, "--save-checkpoints", "--out", str(resumed)]) == 1
+    assert "stopped" in capsys.readouterr().err
+    monkeypatch.setattr(common, "train_config", real)
+    assert cli.main([*args, "--resume", "--out", str(resumed)]) == 0
+    assert sorted(p.name for p in (resumed / "runs").iterdir()) == [
+        "nin_root2"
+    ]  # continued in place
+    a, b = (json.loads((d / "results.json").read_text())["results"]["2"] for d in (whole, resumed))
+    assert b["test_top1"] == a["test_top1"] and b["train_top1"] == a["train_top1"]
+    wa, wb = (load_file(d / "checkpoints" / "nin_root2.safetensors") for d in (whole, resumed))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a finished run is evaluated again, not trained again: same weights, and its recorded epoch times
+    before = (resumed / "runs" / "nin_root2" / "metrics.jsonl").read_text()
+    assert cli.main([*args, "--resume", "--out", str(resumed)]) == 0
+    assert (resumed / "runs" / "nin_root2" / "metrics.jsonl").read_text() == before
+    wc = load_file(resumed / "checkpoints" / "nin_root2.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    epochs = [json.loads(line)["epoch_seconds"] for line in before.splitlines()]
+    c = json.loads((resumed / "results.json").read_text())["results"]["2"]
+    assert len(epochs) == 2 and c["seconds"] >= sum(epochs)
+
+
+def test_resume_restarts_a_run_stopped_before_its_first_checkpoint(tmp_path) -> None:
+    opts = GroupsConfig(out=tmp_path, data="builtin", budget="smoke", resume=True)
+    assert opts.save_checkpoints  # resume implies it
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    common._discard_unstarted(run_dir)
+    assert not run_dir.exists()
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "summary.json").write_text(
+        "{}"
+    )  # a finished run without checkpoints: not ours to delete
+    with pytest.raises(ValueError, match="no checkpoint to continue from"):
+        common._discard_unstarted(run_dir)
+    assert run_dir.is_dir()
 
 
 @pytest.mark.slow

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ from ...complexity import profile
 from ...data.subsets import dataset_split
 from ...model_file import save_model
 from ...train import TrainConfig, fit
+from ...train.run_dir import RunDirLock
 from ...utils.atomic import atomic_write
 
 __all__ = [
@@ -118,6 +121,11 @@ class ReproduceOptions:
     save_checkpoints: bool = option(
         False, "keep the trained models in OUT/checkpoints/ and their training runs in OUT/runs/"
     )
+    resume: bool = option(
+        False,
+        "continue a report that was stopped: each training run found in OUT/runs/ goes on from its last "
+        "checkpoint (a finished one is only evaluated again); implies --save-checkpoints",
+    )
     argv: list[str] = dataclasses.field(default_factory=list, metadata={"cli": False})
 
     default_lr: ClassVar[float] = DEFAULT_LR
@@ -126,6 +134,8 @@ class ReproduceOptions:
         if self.budget not in BUDGETS:
             raise ValueError(f"budget={self.budget!r} must be one of {sorted(BUDGETS)}")
         self.out = Path(self.out)
+        if self.resume:
+            self.save_checkpoints = True  # the runs to continue live in OUT/runs/
         preset = BUDGETS[self.budget]
         for f in dataclasses.fields(self):
             if f.name in preset and getattr(self, f.name) is None:
@@ -291,15 +301,23 @@ def train_eval(
 ) -> dict:
     """Train ``model`` in place on ``train_ds`` with :func:`shufflenet.train.fit` (:func:`train_config`),
     validating on ``test_ds`` after every epoch; returns the final test top-1, the per-epoch history and
-    timings. The run directory is ``OUT/runs/NAME`` with ``save_checkpoints``, else a temporary one.
+    timings. The run directory is ``OUT/runs/NAME`` with ``save_checkpoints``, else a temporary one. With
+    ``resume``, a run directory ``OUT/runs/NAME`` that has a checkpoint is continued from it (a finished run is
+    evaluated again, nothing more), and ``seconds`` adds the epoch times recorded before.
 
     Raises :class:`TrainingStopped` when the loss became non-finite or the run was interrupted.
     """
     cfg = train_config(opts, name.replace("/", "_"), image_size)
-    start = time.perf_counter()
+    start, before = time.perf_counter(), 0.0
     with tempfile.TemporaryDirectory(prefix="shufflenet-reproduce-") as tmp:
         if not opts.save_checkpoints:
             cfg = cfg.replace(output=tmp, plots=False)
+        elif opts.resume:
+            run_dir = Path(cfg.output) / cfg.name
+            if _has_checkpoint(run_dir):
+                cfg, before = cfg.replace(resume=str(run_dir)), _epoch_seconds(run_dir)
+            elif run_dir.is_dir():
+                _discard_unstarted(run_dir)
         result = fit(cfg, train_set=train_ds, val_set=test_ds, model=model)
     if result.status == "nonfinite":
         raise TrainingStopped(
@@ -314,8 +332,34 @@ def train_eval(
         "test_top1": result.final["val_acc1"],
         "test_images": result.final["val_count"],
         "history": result.history,
-        "seconds": time.perf_counter() - start,
+        "seconds": before + time.perf_counter() - start,
     }
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("*.state.pt"))
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    """Training seconds of the epochs a run directory records (its ``metrics.jsonl``)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0.0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return float(sum(r.get("epoch_seconds", 0.0) for r in rows))
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """Remove a run directory left without a checkpoint (stopped in its first epoch), so that the run
+    starts again under its own name; refused while a process trains into it."""
+    if (run_dir / "summary.json").exists() or not (run_dir / "config.json").is_file():
+        raise ValueError(
+            f"resume: {str(run_dir)!r} has no checkpoint to continue from and is not an unstarted run; "
+            "move it away or choose another --out"
+        )
+    with RunDirLock(run_dir):
+        pass
+    shutil.rmtree(run_dir)
 
 
 def data_line(opts: ReproduceOptions, train_ds: Dataset, test_ds: Dataset, extra: str = "") -> str:
