@@ -239,7 +239,8 @@ def run_groups(opts: GroupsConfig) -> dict:
                 f"bootstrap: {opts.bootstrap} resamples of 10 image chunks; {corr_seconds / 60:.1f} min for all "
                 "models",
                 training_line(opts),
-                f"first model trained in {base['seconds'] / 60:.1f} min",
+                "training time per model (min): "
+                + ", ".join(f"root-{r} {results[r]['seconds'] / 60:.1f}" for r in roots),
             ],
         )
     )
