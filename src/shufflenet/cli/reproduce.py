@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         config = EXPERIMENTS[name].config(
             **args, progress=not no_progress and sys.stderr.isatty(), argv=argv
         )
-        with torch_threads(
-            args.get("threads") or None
-        ):  # the caller's thread count is restored after
+        # the caller's thread count is restored after
+        with torch_threads(args.get("threads") or None):
             run_experiment(name, config)
     except TrainingStopped as e:
         print(f"shufflenet reproduce: {e}", file=sys.stderr)
