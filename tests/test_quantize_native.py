@@ -94,6 +94,40 @@ def test_one_image_split_over_threads_every_isa(isas):
             check_against_reference(native, q.program, x)
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {
+                w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()
+            }
+    except OSError:
+        return set()
+
+
+def test_avx512_depthwise_kernels_both_tested(lib, isas):
+    # With AVX-512 VBMI the depthwise convs and 3x3 average pools sum a kernel row per instruction (the other
+    # tests run that kernel here); forced off, the tap-word kernel that CPUs with VNNI but no VBMI run must
+    # give the reference's integers too: stride 1 and 2, signed (the unit's own input into its average pool)
+    # and unsigned inputs, one and two threads, quads split over threads.
+    if "avx512" not in isas or not lib.cdll.sn_cpu_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    was = lib.cdll.sn_int8_dw_rows_enable(0)
+    try:
+        assert was == ("avx512vbmi" in _cpu_flags())
+        for g, stride in ((1, 1), (3, 2), (8, 1), (8, 2)):
+            u = unit(g, stride)
+            x = torch.randn(2, u.in_channels, 13, 9)
+            q = quantize(u, x)
+            for threads in (1, 2):
+                check_against_reference(q.native(isa="avx512", num_threads=threads), q.program, x)
+        m = _randomize(create_model("shufflenet_v1_g3_x0_5", num_classes=10))
+        q = quantize(m, torch.randn(2, 3, 65, 63))
+        x = torch.randn(1, 3, 65, 63)
+        check_against_reference(q.native(isa="avx512", num_threads=2), q.program, x)
+    finally:
+        lib.cdll.sn_int8_dw_rows_enable(was)
+
+
 def test_nan_input_gives_nan_outputs(isas):
     m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
     q = quantize(m, torch.randn(4, 3, 32, 32))

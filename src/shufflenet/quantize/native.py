@@ -116,15 +116,27 @@ def _quant_common(qprog: QProgram, op: QOp, n: int) -> dict:
     }
 
 
-def _dw_words(w9: np.ndarray, src: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per output channel o and tap, a word with o's weight in the byte of its input channel ``src[o]``;
-    and -128 * (sum of o's weights)."""
+def _dw_words(w9: np.ndarray, src: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The depthwise weights in two layouts (see ``qdw_run`` in csrc/sn_int8.h), one after the other;
+    -128 * (sum of each output channel's weights); whether the second layout is there.
+
+    1. Per output channel o and tap, a word with o's weight in the byte of its input channel ``src[o]``.
+    2. Where ``src`` is a permutation: per input channel c and kernel row, the word (w0, w1, w2, 0) of the
+       output channel o that reads c; then o per input channel (int32, -1 past the channels).
+    """
     cout = len(src)
     n = -(-cout // 4) * 4
     b = np.zeros((n, 9, 4), np.int64)
     b[np.arange(cout), :, src % 4] = w9
     comp = _padded(torch.from_numpy(-128 * w9.sum(1)), n + _TILE, torch.int32)
-    return _words(b).reshape(-1), comp
+    parts = [_words(b).reshape(-1)]
+    if np.array_equal(np.sort(src), np.arange(cout)):
+        inv = np.full(n, -1, np.int64)
+        inv[src] = np.arange(cout)
+        rows = np.zeros((n, 3, 4), np.int64)
+        rows[src, :, :3] = w9.reshape(cout, 3, 3)
+        parts += [_words(rows).reshape(-1), torch.from_numpy(inv.astype(np.int32))]
+    return torch.cat(parts), comp, len(parts) > 1
 
 
 def lower_int8(qprog: QProgram) -> Program:
@@ -179,12 +191,13 @@ def lower_int8(qprog: QProgram) -> Program:
             else:
                 w9 = np.ones((op.cout, 9), np.int64)
                 common = _quant_common(qprog, op, npad)
-            words, comp = _dw_words(w9, order)
+            words, comp, has_rows = _dw_words(w9, order)
             prog.ops.append(
                 Op(
                     OP_QDW,
                     src,
                     dst,
+                    K=3 if has_rows else 0,
                     wp=words,
                     table=order.astype(np.int32),
                     comp=comp,

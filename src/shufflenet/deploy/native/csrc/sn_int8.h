@@ -405,8 +405,142 @@ SN_INLINE void qdw_s2_vec(const int same, const int32_t *const src[4], const int
     vi_storem(dst, out, mst);
 }
 
+#if SN_ISA == 2
+/* Depthwise 3x3 with AVX-512 VBMI, one kernel row per dot product (3 instead of 9). Used when the op has the
+ * per-row layout (op->K == 3: after the tap words in wp, per input channel c and kernel row the word
+ * (w0, w1, w2, 0) of the output channel that reads c, then that output channel per input channel) and every
+ * output quad is full. Work runs over input quads, whose four channels share every load: for channel b, one
+ * vpermt2b gathers byte b of pixels x - 1, x, x + 1 into the word of x (zeroing the taps across the left and
+ * right edges), one vpdpbusd adds the row. Each channel's bytes are stored into the plane and byte of its
+ * output channel, so the channel shuffle stays the output order as in the tap-word kernel. Stride 1 runs along
+ * the flattened plane as there; stride 2 row by row with 15 outputs a vector (their 31 input words fill two
+ * vectors). */
+extern int sn_int8_dw_rows;
+
+#pragma GCC push_options
+#pragma GCC target("avx512vbmi")
+
+/* bit i of m at bit 4i (lane i's byte 0 in a byte mask) */
+SN_INLINE uint64_t qdw_spread(uint32_t m)
+{
+    uint64_t r = 0;
+    for (int i = 0; i < 16; i++) r |= (uint64_t)(m >> i & 1u) << (4 * i);
+    return r;
+}
+
+/* the permutation indices: for channel b, byte j of lane i is byte b of word step * i + j of (A, B) */
+SN_INLINE void qdw_rows_index(int step, vi idx[4])
+{
+    uint8_t t[4][64];
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 4; j++) t[b][4 * i + j] = (uint8_t)((4 * (step * i + MIN(j, 2)) + b) & 127);
+    for (int b = 0; b < 4; b++) idx[b] = _mm512_loadu_si512(t[b]);
+}
+
+/* one input quad, one vector: rows[dy] = (A, B) words of the three input rows, kb the taps that count */
+SN_INLINE void qdw_rows_vec(const sn_op *op, const vi A[3], const vi B[3], const vi idx[4], __mmask64 kb,
+                            int jq, int sgn, int vnni_comp, vf lo, vf hi, float *const *slot, const int64_t *cs,
+                            ptrdiff_t at, uint64_t kst)
+{
+    const int32_t *rw = (const int32_t *)op->wp + (ptrdiff_t)CDIV(op->cout, 4) * 36;
+    const int32_t *inv = rw + (ptrdiff_t)CDIV(op->cout, 4) * 12;
+    vi acc[4];
+    UNROLL for (int b = 0; b < 4; b++) {
+        const int o = inv[4 * jq + b];
+        acc[b] = vnni_comp ? vi_set1(op->comp[o]) : vi_zero();
+    }
+    UNROLL for (int dy = 0; dy < 3; dy++) {
+        UNROLL for (int b = 0; b < 4; b++) {
+            vi t = _mm512_maskz_permutex2var_epi8(kb, A[dy], idx[b], B[dy]);
+            if (sgn) t = vi_xor(t, vi_set1((int32_t)0x80808080u));
+            acc[b] = _mm512_dpbusd_epi32(acc[b], t, vi_set1(rw[3 * (4 * jq + b) + dy]));
+        }
+    }
+    UNROLL for (int b = 0; b < 4; b++) {
+        const int o = inv[4 * jq + b];
+        const vi out = q_requant(acc[b], op->m[o], op->b[o], 0, v_zero(), 0.f, lo, hi, o & 3);
+        int32_t *dst = qplane(slot, cs, op->dst, op->dst_coff / 4 + o / 4) + at;
+        _mm512_mask_storeu_epi8(dst, (__mmask64)(kst << (o & 3)), out);
+    }
+}
+
+static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
+{
+    int pp, pq;
+    qdw_split(op, n, &pp, &pq);
+    const int pi = chunk / pq, qi = chunk % pq, nq = CDIV(op->cout, 4);
+    const int sgn = op->qflags & Q_SIGNED_SRC;
+    const vf lo = v_set1((float)op->lo), hi = v_set1((float)op->hi);
+    const int jq0 = (int)((int64_t)nq * qi / pq), jq1 = (int)((int64_t)nq * (qi + 1) / pq);
+    const int H = op->H, W = op->W, P = H * W;
+    vi idx[4];
+    if (op->stride == 1) {
+        qdw_rows_index(1, idx);
+        const int nvec = CDIV(P, VW);
+        const int v0 = (int)((int64_t)nvec * pi / pp), v1 = (int)((int64_t)nvec * (pi + 1) / pp);
+        for (int v = v0; v < v1; v++) {
+            const int p0 = v * VW;
+            /* byte 0 (x - 1) where a left neighbour exists, byte 1 always, byte 2 (x + 1) where a right one */
+            const __mmask64 kb = (__mmask64)(qdw_spread(op->masks[2 * v]) | 0x2222222222222222ull |
+                                             qdw_spread(op->masks[2 * v + 1]) << 2);
+            const uint64_t kst = qdw_spread(v_mask_n(P - p0));
+            vm ma[3], mb[3];
+            for (int dy = 0; dy < 3; dy++) {
+                const int a = p0 - 1 + (dy - 1) * W; /* word 0 of A; out-of-plane words load as 0 */
+                ma[dy] = v_mask_range(MAX(0, -a), P - a);
+                mb[dy] = v_mask_range(MAX(0, -(a + VW)), P - a - VW);
+            }
+            for (int jq = jq0; jq < jq1; jq++) {
+                const int32_t *pl = qplane(slot, cs, op->src, jq);
+                vi A[3], B[3];
+                for (int dy = 0; dy < 3; dy++) {
+                    const int a = p0 - 1 + (dy - 1) * W;
+                    A[dy] = vi_loadz(pl + a, ma[dy]);
+                    B[dy] = vi_loadz(pl + a + VW, mb[dy]);
+                }
+                qdw_rows_vec(op, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs, p0, kst);
+            }
+        }
+        return;
+    }
+    qdw_rows_index(2, idx);
+    const __mmask64 kb = (__mmask64)0x7777777777777777ull;
+    const int y0 = (int)((int64_t)op->OH * pi / pp), y1 = (int)((int64_t)op->OH * (pi + 1) / pp);
+    for (int oy = y0; oy < y1; oy++)
+        for (int ox0 = 0; ox0 < op->OW; ox0 += VW - 1) {
+            const int a = 2 * ox0 - 1; /* column of word 0 of A */
+            const uint64_t kst = qdw_spread(v_mask_n(MIN(VW - 1, op->OW - ox0)));
+            vm ma[3], mb[3];
+            for (int dy = 0; dy < 3; dy++) {
+                const int iy = 2 * oy - 1 + dy, inside = iy >= 0 && iy < H;
+                ma[dy] = inside ? v_mask_range(MAX(0, -a), W - a) : (vm)0;
+                mb[dy] = inside ? v_mask_n(W - a - VW) : (vm)0;
+            }
+            for (int jq = jq0; jq < jq1; jq++) {
+                const int32_t *pl = qplane(slot, cs, op->src, jq);
+                vi A[3], B[3];
+                for (int dy = 0; dy < 3; dy++) {
+                    const int32_t *row = pl + (ptrdiff_t)(2 * oy - 1 + dy) * W + a;
+                    A[dy] = vi_loadz(row, ma[dy]);
+                    B[dy] = vi_loadz(row + VW, mb[dy]);
+                }
+                qdw_rows_vec(op, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs,
+                             (ptrdiff_t)oy * op->OW + ox0, kst);
+            }
+        }
+}
+#pragma GCC pop_options
+#endif
+
 static void qdw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
+#if SN_ISA == 2
+    if (sn_int8_dw_rows && op->K == 3 && op->cout % 4 == 0) {
+        qdw_rows_run(op, slot, cs, chunk, n);
+        return;
+    }
+#endif
     int pp, pq;
     qdw_split(op, n, &pp, &pq);
     const int pi = chunk / pq, qi = chunk % pq, nq = CDIV(op->cout, 4);

@@ -32,7 +32,8 @@ enum sn_kind {
     SN_OP_QPACK = 8,  /* float NCHW planes -> int8 quad planes, scale m_res */
     SN_OP_QCONV = 9,  /* dense 3x3 conv, stride 1 or 2, pad 1 (the stem) */
     SN_OP_QPW = 10,   /* 1x1 conv, all groups: tiles listed in koff (groups = number of tiles) */
-    SN_OP_QDW = 11,   /* 3x3 depthwise conv or average pool, stride 1 or 2; koff: input channel of each output */
+    SN_OP_QDW = 11,   /* 3x3 depthwise conv or average pool, stride 1 or 2; koff: input channel of each output;
+                         K = 3: wp also holds the per-row layout (sn_int8.h) */
     SN_OP_QMAX = 12,  /* 3x3/2 max pool */
     SN_OP_QGAP = 13,  /* global average pool -> flat float vector, times m_res */
     SN_OP_QOUT = 14   /* int8 quad planes -> float NCHW planes, times m_res */

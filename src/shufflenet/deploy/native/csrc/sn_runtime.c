@@ -86,6 +86,30 @@ SN_API int sn_cpu_vnni(void)
 #endif
 }
 
+/* The AVX-512 int8 depthwise kernel that sums a kernel row per instruction needs AVX-512 VBMI (vpermt2b); 1
+ * while it is used. sn_int8_dw_rows_enable(0) runs the tap-word kernel instead (both are tested). */
+int sn_int8_dw_rows = 0;
+
+static int cpu_vbmi(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+__attribute__((constructor)) static void init_int8_dw_rows(void) { sn_int8_dw_rows = cpu_vbmi(); }
+
+/* enable (where the CPU has AVX-512 VBMI) or disable the row kernel; returns whether it was in use */
+SN_API int sn_int8_dw_rows_enable(int on)
+{
+    const int was = sn_int8_dw_rows;
+    sn_int8_dw_rows = on && cpu_vbmi();
+    return was;
+}
+
 SN_API int sn_abi_version(void) { return SN_ABI_VERSION; }
 SN_API int sn_vector_width(int isa) { return vtab_for(isa)->vw; }
 SN_API int sn_sizeof_op(void) { return (int)sizeof(sn_op); }
