@@ -122,7 +122,9 @@ def _dw_words(w9: np.ndarray, src: np.ndarray) -> tuple[torch.Tensor, torch.Tens
 
     1. Per output channel o and tap, a word with o's weight in the byte of its input channel ``src[o]``.
     2. Where ``src`` is a permutation: per input channel c and kernel row, the word (w0, w1, w2, 0) of the
-       output channel o that reads c; then o per input channel (int32, -1 past the channels).
+       output channel o that reads c; then o per input channel (int32, -1 past the channels); then the input
+       quads in the order of their first output channel, so that threads given consecutive quads of this
+       list write separate parts of the output planes.
     """
     cout = len(src)
     n = -(-cout // 4) * 4
@@ -135,7 +137,13 @@ def _dw_words(w9: np.ndarray, src: np.ndarray) -> tuple[torch.Tensor, torch.Tens
         inv[src] = np.arange(cout)
         rows = np.zeros((n, 3, 4), np.int64)
         rows[src, :, :3] = w9.reshape(cout, 3, 3)
-        parts += [_words(rows).reshape(-1), torch.from_numpy(inv.astype(np.int32))]
+        first = np.where(inv >= 0, inv, n).reshape(-1, 4).min(1)
+        quads = np.argsort(first, kind="stable").astype(np.int32)
+        parts += [
+            _words(rows).reshape(-1),
+            torch.from_numpy(inv.astype(np.int32)),
+            torch.from_numpy(quads),
+        ]
     return torch.cat(parts), comp, len(parts) > 1
 
 

@@ -408,8 +408,10 @@ SN_INLINE void qdw_s2_vec(const int same, const int32_t *const src[4], const int
 #if SN_ISA == 2
 /* Depthwise 3x3 with AVX-512 VBMI, one kernel row per dot product (3 instead of 9). Used when the op has the
  * per-row layout (op->K == 3: after the tap words in wp, per input channel c and kernel row the word
- * (w0, w1, w2, 0) of the output channel that reads c, then that output channel per input channel) and every
- * output quad is full. Work runs over input quads, whose four channels share every load: for channel b, one
+ * (w0, w1, w2, 0) of the output channel that reads c, then that output channel per input channel, then the
+ * input quads in the order of their first output channel) and every output quad is full. Work runs over input
+ * quads in that order (threads given consecutive ones write apart), whose four channels share every load: for
+ * channel b, one
  * vpermt2b gathers byte b of pixels x - 1, x, x + 1 into the word of x (zeroing the taps across the left and
  * right edges), one vpdpbusd adds the row. Each channel's bytes are stored into the plane and byte of its
  * output channel, so the channel shuffle stays the output order as in the tap-word kernel. Stride 1 runs along
@@ -474,6 +476,7 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
     const vf lo = v_set1((float)op->lo), hi = v_set1((float)op->hi);
     const int jq0 = (int)((int64_t)nq * qi / pq), jq1 = (int)((int64_t)nq * (qi + 1) / pq);
     const int H = op->H, W = op->W, P = H * W;
+    const int32_t *qorder = (const int32_t *)op->wp + (ptrdiff_t)nq * 52; /* after 36 + 12 + 4 words a quad */
     vi idx[4];
     if (op->stride == 1) {
         qdw_rows_index(1, idx);
@@ -491,7 +494,8 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
                 ma[dy] = v_mask_range(MAX(0, -a), P - a);
                 mb[dy] = v_mask_range(MAX(0, -(a + VW)), P - a - VW);
             }
-            for (int jq = jq0; jq < jq1; jq++) {
+            for (int k = jq0; k < jq1; k++) {
+                const int jq = qorder[k];
                 const int32_t *pl = qplane(slot, cs, op->src, jq);
                 vi A[3], B[3];
                 for (int dy = 0; dy < 3; dy++) {
@@ -517,7 +521,8 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
                 ma[dy] = inside ? v_mask_range(MAX(0, -a), W - a) : (vm)0;
                 mb[dy] = inside ? v_mask_n(W - a - VW) : (vm)0;
             }
-            for (int jq = jq0; jq < jq1; jq++) {
+            for (int k = jq0; k < jq1; k++) {
+                const int jq = qorder[k];
                 const int32_t *pl = qplane(slot, cs, op->src, jq);
                 vi A[3], B[3];
                 for (int dy = 0; dy < 3; dy++) {
