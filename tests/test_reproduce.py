@@ -6,11 +6,13 @@ import csv
 import json
 import math
 import pickle
+import types
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from shufflenet import create_model, load_model
 from shufflenet.analysis.reproduce import (
@@ -151,6 +153,27 @@ def test_resume_continues_a_stopped_report_exactly(tmp_path, monkeypatch, capsys
     epochs = [json.loads(line)["epoch_seconds"] for line in before.splitlines()]
     c = json.loads((resumed / "results.json").read_text())["results"]["2"]
     assert len(epochs) == 2 and c["seconds"] >= sum(epochs)
+
+
+def test_resume_counts_the_time_before_a_stop_inside_an_epoch(tmp_path, monkeypatch) -> None:
+    # a run stopped inside its third epoch: the resumed fit records that epoch's time before the stop too
+    opts = GroupsConfig(out=tmp_path, data="builtin", budget="smoke", resume=True)
+    run_dir = tmp_path / "runs" / "nin_root2"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "e0002s000010.state.pt").write_bytes(b"")
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text('{"epoch_seconds": 100.0}\n{"epoch_seconds": 250.0}\n')
+
+    def fake_fit(cfg, **kwargs):
+        assert cfg.resume == str(run_dir)
+        with metrics.open("a") as f:
+            f.write('{"epoch_seconds": 300.0}\n')
+        final = {"val_acc1": 0.5, "val_count": 10}
+        return types.SimpleNamespace(status="completed", final=final, history=[])
+
+    monkeypatch.setattr(common, "fit", fake_fit)
+    out = train_eval(nn.Linear(1, 1), None, None, opts, "nin_root2")
+    assert 650.0 <= out["seconds"] < 660.0
 
 
 def test_resume_restarts_a_run_stopped_before_its_first_checkpoint(tmp_path) -> None:

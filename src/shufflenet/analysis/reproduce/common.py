@@ -226,7 +226,12 @@ def provenance(opts: ReproduceOptions, seconds: float, extra: Sequence[str] = ()
         f"budget: `{opts.budget}`: {opts.subset or 'all'} training images (class-balanced), "
         f"{opts.test_subset or 'all'} test images, {opts.epochs} epoch(s), batch {opts.batch_size}, "
         f"peak learning rate {opts.peak_lr} per 64 images, seed {opts.seed}",
-        f"wall time: {seconds / 60:.1f} min",
+        f"wall time: {seconds / 60:.1f} min"
+        + (
+            " (this command, which continued the runs under OUT/runs from their checkpoints)"
+            if opts.resume
+            else ""
+        ),
         _load_line(),
     ]
     return items + list(extra)
@@ -303,12 +308,13 @@ def train_eval(
     validating on ``test_ds`` after every epoch; returns the final test top-1, the per-epoch history and
     timings. The run directory is ``OUT/runs/NAME`` with ``save_checkpoints``, else a temporary one. With
     ``resume``, a run directory ``OUT/runs/NAME`` that has a checkpoint is continued from it (a finished run is
-    evaluated again, nothing more), and ``seconds`` adds the epoch times recorded before.
+    evaluated again, nothing more), and ``seconds`` counts the epoch times recorded before, including the part
+    of an epoch run before a stop inside it.
 
     Raises :class:`TrainingStopped` when the loss became non-finite or the run was interrupted.
     """
     cfg = train_config(opts, name.replace("/", "_"), image_size)
-    start, before = time.perf_counter(), 0.0
+    start, before, resumed = time.perf_counter(), 0.0, False
     with tempfile.TemporaryDirectory(prefix="shufflenet-reproduce-") as tmp:
         if not opts.save_checkpoints:
             cfg = cfg.replace(output=tmp, plots=False)
@@ -316,9 +322,14 @@ def train_eval(
             run_dir = Path(cfg.output) / cfg.name
             if _has_checkpoint(run_dir):
                 cfg, before = cfg.replace(resume=str(run_dir)), _epoch_seconds(run_dir)
+                resumed = True
             elif run_dir.is_dir():
                 _discard_unstarted(run_dir)
         result = fit(cfg, train_set=train_ds, val_set=test_ds, model=model)
+    seconds = before + time.perf_counter() - start
+    if resumed:
+        # an epoch continued from a checkpoint inside it records its time before the stop as well
+        seconds = max(seconds, _epoch_seconds(run_dir))
     if result.status == "nonfinite":
         raise TrainingStopped(
             "nonfinite",
@@ -332,7 +343,7 @@ def train_eval(
         "test_top1": result.final["val_acc1"],
         "test_images": result.final["val_count"],
         "history": result.history,
-        "seconds": before + time.perf_counter() - start,
+        "seconds": seconds,
     }
 
 
