@@ -411,12 +411,11 @@ SN_INLINE void qdw_s2_vec(const int same, const int32_t *const src[4], const int
  * (w0, w1, w2, 0) of the output channel that reads c, then that output channel per input channel, then the
  * input quads in the order of their first output channel) and every output quad is full. Work runs over input
  * quads in that order (threads given consecutive ones write apart), whose four channels share every load: for
- * channel b, one
- * vpermt2b gathers byte b of pixels x - 1, x, x + 1 into the word of x (zeroing the taps across the left and
- * right edges), one vpdpbusd adds the row. Each channel's bytes are stored into the plane and byte of its
- * output channel, so the channel shuffle stays the output order as in the tap-word kernel. Stride 1 runs along
- * the flattened plane as there; stride 2 row by row with 15 outputs a vector (their 31 input words fill two
- * vectors). */
+ * channel b, one vpermt2b gathers byte b of pixels x - 1, x, x + 1 into the word of x (zeroing the taps across
+ * the left and right edges), one vpdpbusd adds the row. Each channel's bytes are stored into the plane and byte
+ * of its output channel, so the channel shuffle stays the output order as in the tap-word kernel. Stride 1 runs
+ * along the flattened plane as there; stride 2 row by row with 15 outputs a vector (their 31 input words fill
+ * two vectors). */
 extern int sn_int8_dw_rows;
 
 #pragma GCC push_options
@@ -440,7 +439,8 @@ SN_INLINE void qdw_rows_index(int step, vi idx[4])
     for (int b = 0; b < 4; b++) idx[b] = _mm512_loadu_si512(t[b]);
 }
 
-/* one input quad, one vector: rows[dy] = (A, B) words of the three input rows, kb the taps that count */
+/* one input quad, one vector: A[dy], B[dy] the words of input row dy, kb the tap bytes that count, at the
+ * output pixel offset at, kst the lanes to store (as a mask of byte 0 of each lane) */
 SN_INLINE void qdw_rows_vec(const sn_op *op, const vi A[3], const vi B[3], const vi idx[4], __mmask64 kb,
                             int jq, int sgn, int vnni_comp, vf lo, vf hi, float *const *slot, const int64_t *cs,
                             ptrdiff_t at, uint64_t kst)
