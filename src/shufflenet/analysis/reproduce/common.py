@@ -314,7 +314,7 @@ def train_eval(
     Raises :class:`TrainingStopped` when the loss became non-finite or the run was interrupted.
     """
     cfg = train_config(opts, name.replace("/", "_"), image_size)
-    start, before, resumed = time.perf_counter(), 0.0, False
+    start, before = time.perf_counter(), 0.0
     with tempfile.TemporaryDirectory(prefix="shufflenet-reproduce-") as tmp:
         if not opts.save_checkpoints:
             cfg = cfg.replace(output=tmp, plots=False)
@@ -322,12 +322,11 @@ def train_eval(
             run_dir = Path(cfg.output) / cfg.name
             if _has_checkpoint(run_dir):
                 cfg, before = cfg.replace(resume=str(run_dir)), _epoch_seconds(run_dir)
-                resumed = True
             elif run_dir.is_dir():
                 _discard_unstarted(run_dir)
         result = fit(cfg, train_set=train_ds, val_set=test_ds, model=model)
     seconds = before + time.perf_counter() - start
-    if resumed:
+    if cfg.resume:
         # an epoch continued from a checkpoint inside it records its time before the stop as well
         seconds = max(seconds, _epoch_seconds(run_dir))
     if result.status == "nonfinite":

@@ -441,12 +441,10 @@ SN_INLINE void qdw_rows_index(int step, vi idx[4])
 
 /* one input quad, one vector: A[dy], B[dy] the words of input row dy, kb the tap bytes that count, at the
  * output pixel offset at, kst the lanes to store (as a mask of byte 0 of each lane) */
-SN_INLINE void qdw_rows_vec(const sn_op *op, const vi A[3], const vi B[3], const vi idx[4], __mmask64 kb,
-                            int jq, int sgn, int vnni_comp, vf lo, vf hi, float *const *slot, const int64_t *cs,
-                            ptrdiff_t at, uint64_t kst)
+SN_INLINE void qdw_rows_vec(const sn_op *op, const int32_t *rw, const int32_t *inv, const vi A[3], const vi B[3],
+                            const vi idx[4], __mmask64 kb, int jq, int sgn, int vnni_comp, vf lo, vf hi,
+                            float *const *slot, const int64_t *cs, ptrdiff_t at, uint64_t kst)
 {
-    const int32_t *rw = (const int32_t *)op->wp + (ptrdiff_t)CDIV(op->cout, 4) * 36;
-    const int32_t *inv = rw + (ptrdiff_t)CDIV(op->cout, 4) * 12;
     vi acc[4];
     UNROLL for (int b = 0; b < 4; b++) {
         const int o = inv[4 * jq + b];
@@ -476,7 +474,9 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
     const vf lo = v_set1((float)op->lo), hi = v_set1((float)op->hi);
     const int jq0 = (int)((int64_t)nq * qi / pq), jq1 = (int)((int64_t)nq * (qi + 1) / pq);
     const int H = op->H, W = op->W, P = H * W;
-    const int32_t *qorder = (const int32_t *)op->wp + (ptrdiff_t)nq * 52; /* after 36 + 12 + 4 words a quad */
+    /* the per-row layout after the nq * 36 tap words: row words, output channel per input channel, quad order */
+    const int32_t *rw = (const int32_t *)op->wp + (ptrdiff_t)nq * 36, *inv = rw + (ptrdiff_t)nq * 12;
+    const int32_t *qorder = inv + (ptrdiff_t)nq * 4;
     vi idx[4];
     if (op->stride == 1) {
         qdw_rows_index(1, idx);
@@ -503,7 +503,7 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
                     A[dy] = vi_loadz(pl + a, ma[dy]);
                     B[dy] = vi_loadz(pl + a + VW, mb[dy]);
                 }
-                qdw_rows_vec(op, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs, p0, kst);
+                qdw_rows_vec(op, rw, inv, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs, p0, kst);
             }
         }
         return;
@@ -530,7 +530,7 @@ static void qdw_rows_run(const sn_op *op, float *const *slot, const int64_t *cs,
                     A[dy] = vi_loadz(row, ma[dy]);
                     B[dy] = vi_loadz(row + VW, mb[dy]);
                 }
-                qdw_rows_vec(op, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs,
+                qdw_rows_vec(op, rw, inv, A, B, idx, kb, jq, sgn, Q_VNNI && sgn, lo, hi, slot, cs,
                              (ptrdiff_t)oy * op->OW + ox0, kst);
             }
         }

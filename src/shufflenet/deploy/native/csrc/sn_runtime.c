@@ -37,15 +37,17 @@ extern const sn_vtab sn_vtab_avx512;
 #endif
 
 /* ------------------------------------------------------------------------------------------- ISA ------- */
+/* 1 if this CPU has the named feature (a string literal, as __builtin_cpu_supports takes), else 0 */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define CPU_HAS(feature) (__builtin_cpu_init(), __builtin_cpu_supports(feature) ? 1 : 0)
+#else
+#define CPU_HAS(feature) 0
+#endif
+
 static int cpu_isa(void)
 {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-#endif
+    if (CPU_HAS("avx512f") && CPU_HAS("avx512vl") && CPU_HAS("avx512bw") && CPU_HAS("avx512dq")) return 2;
+    if (CPU_HAS("avx2") && CPU_HAS("fma")) return 1;
     return 0;
 }
 
@@ -76,37 +78,19 @@ SN_API int sn_isa_mask(void)
 }
 
 /* 1 if this CPU has AVX-512 VNNI, which the AVX-512 int8 kernels use (else int8 runs the AVX2 ones) */
-SN_API int sn_cpu_vnni(void)
-{
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
+SN_API int sn_cpu_vnni(void) { return CPU_HAS("avx512vnni"); }
 
 /* The AVX-512 int8 depthwise kernel that sums a kernel row per instruction needs AVX-512 VBMI (vpermt2b); 1
  * while it is used. sn_int8_dw_rows_enable(0) runs the tap-word kernel instead (both are tested). */
 int sn_int8_dw_rows = 0;
 
-static int cpu_vbmi(void)
-{
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
-
-__attribute__((constructor)) static void init_int8_dw_rows(void) { sn_int8_dw_rows = cpu_vbmi(); }
+__attribute__((constructor)) static void init_int8_dw_rows(void) { sn_int8_dw_rows = CPU_HAS("avx512vbmi"); }
 
 /* enable (where the CPU has AVX-512 VBMI) or disable the row kernel; returns whether it was in use */
 SN_API int sn_int8_dw_rows_enable(int on)
 {
     const int was = sn_int8_dw_rows;
-    sn_int8_dw_rows = on && cpu_vbmi();
+    sn_int8_dw_rows = on && CPU_HAS("avx512vbmi");
     return was;
 }
 
