@@ -20,7 +20,7 @@ Design, for ShuffleNet v1 (and MobileNet v1, and Sequential stacks of the same l
 - Threads: own pool (pthreads). One image at a time: each op is cut into chunks, each thread owns the same
   region of the image in every op (cache locality) and takes what is left of the others' when done; an op
   starts when the previous one finished. Batch >= threads: one image per thread, no synchronisation. Waits spin
-  briefly, then sleep (futex). The requested thread count is used as given. Opt-in adaptive mode
+  (at most 200 us, adapting to the waits seen), then sleep (futex). The requested thread count is used as given. Opt-in adaptive mode
   (``SHUFFLENET_NATIVE_ADAPTIVE=1``, read once per process): on a machine whose cores are taken by other
   processes, the thread an op waits for is often not running and one image can be faster on one thread, so
   each bound model keeps the wall times of its recent calls with all threads and with one, runs the faster

@@ -9,9 +9,10 @@ the work is decided here, in :func:`thread_plan`; the C runtime carries that out
 
 Environment (both read once per process):
     SHUFFLENET_NATIVE_ADAPTIVE=1: see :func:`thread_plan`.
-    SHUFFLENET_NATIVE_SPIN_US: microseconds an idle pool thread spins before it sleeps (default 50; a thread
-        waiting for another op spins at most 20 of them). Read by the C runtime when its pool starts. Lower
-        it on a machine shared with other busy processes, raise it for the lowest latency on an idle one.
+    SHUFFLENET_NATIVE_SPIN_US: the longest, in microseconds, that a thread spins before it sleeps (default
+        200): an idle pool thread waiting for the next call, or a thread waiting for another's work (its spin
+        adapts: it grows to cover waits shorter than this and halves after longer ones). Read by the C runtime
+        when its pool starts. Lower it on a machine shared with other busy processes.
 """
 
 from __future__ import annotations

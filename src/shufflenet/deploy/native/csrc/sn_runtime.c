@@ -115,15 +115,15 @@ static double mono_now(void)
 }
 
 static double g_idle_spin = -1.0; /* seconds an idle worker spins before sleeping */
-static double g_wait_spin = -1.0; /* seconds a thread spins on a dependency before sleeping */
+static double g_wait_spin = -1.0; /* the longest a thread spins on a dependency before sleeping */
 
 static void read_spin_env(void)
 {
     if (g_idle_spin < 0) {
         const char *s = getenv("SHUFFLENET_NATIVE_SPIN_US");
-        const double us = s ? atof(s) : 50.0;
-        g_wait_spin = (us < 20.0 ? us : 20.0) * 1e-6;
-        g_idle_spin = us * 1e-6;
+        const double us = s ? atof(s) : 200.0;
+        g_wait_spin = (us > 0.0 ? us : 0.0) * 1e-6;
+        g_idle_spin = g_wait_spin;
     }
 }
 
@@ -159,8 +159,10 @@ static void signal_add(atomic_int *counter, int d)
     if (atomic_load(&g_waiters) > 0) futex_wake(counter);
 }
 
-/* Spin budget of this thread, adapted: halved each time spinning did not suffice (the thread we wait for was
- * not running: a busy machine, where spinning only takes CPU from it), grown back when it did. */
+/* Spin budget of this thread, adapted to the waits it sees: a wait that outlasted the spin but not the longest
+ * spin allowed would have been cheaper spun through (a futex wake-up costs tens of microseconds, more in a
+ * virtual machine), so the budget grows to cover it; a longer wait means the thread we wait for was not
+ * running (a busy machine, where spinning only takes CPU from it), and the budget halves. */
 static _Thread_local double t_spin = -1.0;
 
 /* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
@@ -175,13 +177,9 @@ static void wait_for(atomic_int *counter, int target, int ge)
     for (int i = 1;; i++) {
         CPU_RELAX();
         v = atomic_load(counter);
-        if (SN_DONE(v)) {
-            t_spin = t_spin * 1.25 < g_wait_spin ? t_spin * 1.25 : g_wait_spin;
-            return;
-        }
+        if (SN_DONE(v)) return;
         if ((i & 63) == 0 && mono_now() - t0 > t_spin) break;
     }
-    t_spin = t_spin * 0.5 > 1e-6 ? t_spin * 0.5 : 1e-6;
     atomic_fetch_add(&g_waiters, 1);
     for (;;) {
         v = atomic_load(counter);
@@ -189,6 +187,13 @@ static void wait_for(atomic_int *counter, int target, int ge)
         futex_wait(counter, v);
     }
     atomic_fetch_sub(&g_waiters, 1);
+    const double waited = mono_now() - t0;
+    if (waited <= g_wait_spin) {
+        const double grown = 2.0 * t_spin > waited ? 2.0 * t_spin : waited;
+        t_spin = grown < g_wait_spin ? grown : g_wait_spin;
+    } else {
+        t_spin = t_spin * 0.5 > 1e-6 ? t_spin * 0.5 : 1e-6;
+    }
 #undef SN_DONE
 }
 
