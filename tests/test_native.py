@@ -2,16 +2,18 @@
 
 ShuffleNet units for every g in {1, 2, 3, 4, 8}, stride 1 and 2, dense first 1x1 conv, every shuffle mode and
 position, odd spatial sizes, one image per thread and all threads on one image, every instruction set this CPU
-runs; whole models; the channels-last shuffle kernel; the fallback without a compiler. Skipped (with the
-reason) where no C compiler exists.
+runs; whole models; the order in which threads may run the chunks of consecutive ops; the channels-last
+shuffle kernel; the fallback without a compiler. Skipped (with the reason) where no C compiler exists.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ if find_compiler() is None:
 from conftest import seeded_model
 
 from shufflenet.deploy.native import NativeModule  # noqa: E402
+from shufflenet.deploy.native.module import thread_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,85 @@ def test_threading_modes(lib, batch, threads):
         unit2,
         torch.randn(batch, unit2.in_channels, 27, 29),
     )
+
+
+def _chunk_needs(mod: NativeModule, x: torch.Tensor, threads: int) -> list[list[int]]:
+    """For each op, the chunks of the op before that each of its chunks waits for (bit masks)."""
+    n, _, h, w = x.shape
+    b = mod._get_bound(n, h, w, thread_plan(n, threads))
+    assert b.plan.deps and b.plan.deps_T == threads
+    deps = np.ctypeslib.as_array(
+        ctypes.cast(b.plan.deps, ctypes.POINTER(ctypes.c_uint64)), (b.plan.nops * 64,)
+    )
+    chunks = [r["chunks"] for r in mod.profile(x, repeats=1, threads=threads)]
+    return [[int(d) for d in deps[64 * o : 64 * o + chunks[o]]] for o in range(b.plan.nops)]
+
+
+def _seq_with_every_float_op() -> nn.Module:
+    # dense 3x3 convs of stride 1, then 2 with a max pool, depthwise convs of stride 1 and 2, both pools, flat ops
+    return _randomize(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+            nn.BatchNorm2d(16),
+            nn.Conv2d(16, 24, 1, groups=4),
+            nn.ReLU(),
+            nn.Conv2d(24, 24, 3, 2, 1, groups=24),
+            nn.AvgPool2d(3, 2, 1),
+            nn.MaxPool2d(3, 2, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(24, 7),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "name,size,threads",
+    [
+        ("shufflenet_v1_g3_x0_5", (96, 112), 2),
+        ("shufflenet_v1_g3_x0_5", (96, 112), 3),
+        ("shufflenet_v1_g1_x0_25", (160, 128), 2),
+        ("shufflenet_v1_g8_x0_25", (128, 128), 4),
+        ("mobilenet_v1_x0_25", (96, 96), 2),
+        ("small_input", (32, 32), 2),
+        ("sequential", (128, 144), 3),
+    ],
+)
+def test_chunks_start_once_what_they_read_is_written(lib, name, size, threads):
+    # With several threads a chunk starts once the chunks of the op before that write what it reads are done
+    # (plan->deps). sn_check_schedule runs, on one thread, every chunk of the next op as early as those
+    # dependencies allow, in random order, after filling every plane the ops write with NaN: a dependency
+    # missing (a read before the write) or a slot reused too early (a write over what the op before still
+    # reads) changes the output.
+    if name == "small_input":
+        m = _randomize(create_model("shufflenet_v1_g2_x0_5", num_classes=10, small_input=True))
+    elif name == "sequential":
+        m = _seq_with_every_float_op()
+    else:
+        m = _randomize(create_model(name))
+    x = torch.randn(1, 3, *size)
+    for isa in lib.supported:  # chunks differ with the vector width
+        mod = NativeModule(m, isa=isa, num_threads=threads)
+        ref = mod(x)
+        _check(mod, m, x)
+        needs = _chunk_needs(mod, x, threads)
+        # the dependencies are by chunk: somewhere a chunk needs some but not all chunks of the op before
+        assert any(
+            0 < d < (1 << len(needs[o - 1])) - 1 for o in range(1, len(needs)) for d in needs[o]
+        )
+        b = mod._get_bound(1, *size, thread_plan(1, threads))
+        for seed in range(3):
+            y = torch.empty_like(ref)
+            rc = lib.cdll.sn_check_schedule(
+                ctypes.byref(b.plan), mod.isa, threads, x.data_ptr(), y.data_ptr(), seed
+            )
+            assert rc == 0
+            torch.testing.assert_close(y, ref, rtol=0, atol=0)
 
 
 def test_every_instruction_set(lib):

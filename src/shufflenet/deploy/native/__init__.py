@@ -18,14 +18,16 @@ Design, for ShuffleNet v1 (and MobileNet v1, and Sequential stacks of the same l
   depthwise on zero-haloed planes with unaligned loads; dense 3x3 stem; pooling; GAP; FC. One source is
   compiled for AVX-512, AVX2+FMA and portable C; the CPU picks at run time.
 - Threads: own pool (pthreads). One image at a time: each op is cut into chunks, each thread owns the same
-  region of the image in every op (cache locality) and takes what is left of the others' when done; an op
-  starts when the previous one finished. Batch >= threads: one image per thread, no synchronisation. Waits spin
-  (at most 200 us, adapting to the waits seen), then sleep (futex). The requested thread count is used as given. Opt-in adaptive mode
-  (``SHUFFLENET_NATIVE_ADAPTIVE=1``, read once per process): on a machine whose cores are taken by other
-  processes, the thread an op waits for is often not running and one image can be faster on one thread, so
-  each bound model keeps the wall times of its recent calls with all threads and with one, runs the faster
-  (median of the last 8) and every 16th call the other, to follow the load (``get_library().stats()`` counts
-  the one-thread calls). On an idle machine that is all threads.
+  region of the image in every op (cache locality) and takes what is left of the others' when done; a chunk
+  starts once the chunks of the previous op that write the pixels it reads are done and the op before that is
+  complete, so a thread that finished its share goes on with the next op. Batch >= threads: one image per
+  thread, no synchronisation. Waits spin (at most 200 us, adapting to the waits seen), then sleep (futex).
+  The requested thread count is used as given. Opt-in adaptive mode (``SHUFFLENET_NATIVE_ADAPTIVE=1``, read
+  once per process): on a machine whose cores are taken by other processes, the thread an op waits for is
+  often not running and one image can be faster on one thread, so each bound model keeps the wall times of
+  its recent calls with all threads and with one, runs the faster (median of the last 8) and every 16th call
+  the other, to follow the load (``get_library().stats()`` counts the one-thread calls). On an idle machine
+  that is all threads.
 """
 
 from ._lib import get_library, is_available

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 OP_PACK, OP_CONV, OP_PW, OP_DW, OP_POOL, OP_GAP, OP_FC = 1, 2, 3, 4, 5, 6, 7
 OP_QPACK, OP_QCONV, OP_QPW, OP_QDW, OP_QMAX, OP_QGAP, OP_QOUT = 8, 9, 10, 11, 12, 13, 14
@@ -84,4 +84,7 @@ class SnPlan(ctypes.Structure):
         ("nhist", ctypes.c_int32 * 2),
         ("tick", _i32),
         ("reserved2", _i32),
+        ("deps", ctypes.c_void_p),
+        ("deps_T", _i32),
+        ("deps_isa", _i32),
     ]

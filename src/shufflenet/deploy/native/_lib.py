@@ -67,6 +67,8 @@ _FUNCTIONS = {
     "sn_stats": (None, [POINTER(c_long)]),
     "sn_pack_size": (c_int64, [c_int, _OP]),
     "sn_pack": (None, [c_int, _OP, c_void_p]),
+    "sn_plan_deps": (c_int, [_PLAN, c_int, c_int, c_void_p]),
+    "sn_check_schedule": (c_int, [_PLAN, c_int, c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "sn_profile": (
         c_int,
         [

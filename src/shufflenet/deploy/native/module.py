@@ -170,7 +170,9 @@ def _assign_slots(
     free: list[int] = []
     live: list[int] = []
     for i, op in enumerate(ops):
-        for v in [v for v in live if last_use.get(v, -1) < i]:
+        # a value read last by op i - 1 stays until op i + 1: with several threads op i may start while op
+        # i - 1 still reads (see csrc/sn_runtime.c), so op i must not write over it
+        for v in [v for v in live if last_use.get(v, -1) < i - 1]:
             live.remove(v)
             free.append(slots.of[v])
         v = op.dst
@@ -324,6 +326,13 @@ def _bind(
     plan = SnPlan(
         len(ops), nslots, n, tp.mode, tp.nsets, int(tp.adaptive), arr, cs_arr, img_arr, space.ws
     )
+    if tp.mode == 0 and tp.threads > 1:
+        # which chunks of the op before each chunk waits for, for this split
+        deps = np.zeros(64 * len(ops), dtype=np.uint64)
+        if lib.cdll.sn_plan_deps(ctypes.byref(plan), isa, tp.threads, deps.ctypes.data) != 0:
+            raise RuntimeError("native engine: sn_plan_deps failed")
+        keep.append(deps)
+        plan.deps, plan.deps_T, plan.deps_isa = deps.ctypes.data, tp.threads, isa
     return _Bound(plan, keep, space.out_shape, n)
 
 

@@ -671,7 +671,7 @@ static void qconv_run(const sn_op *op, float *const *slot, const int64_t *cs, in
 static void qgap_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int q0, q1;
-    chan_range(CDIV(op->cout, 4), chunk, n, &q0, &q1);
+    part_range(CDIV(op->cout, 4), chunk, n, &q0, &q1);
     const int P = op->H * op->W, sgn = op->qflags & Q_SIGNED_SRC;
     float *out = slot[op->dst] + op->dst_coff;
     for (int q = q0; q < q1; q++) {
@@ -722,7 +722,7 @@ static void qpack_run(const sn_op *op, float *const *slot, const int64_t *cs, in
 static void qout_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int c0, c1;
-    chan_range(op->cout, chunk, n, &c0, &c1);
+    part_range(op->cout, chunk, n, &c0, &c1);
     const int P = op->H * op->W, sgn = op->qflags & Q_SIGNED_SRC;
     for (int c = c0; c < c1; c++) {
         const int32_t *src = qplane(slot, cs, op->src, c / 4);

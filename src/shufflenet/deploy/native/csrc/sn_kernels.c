@@ -259,18 +259,36 @@ static void pw_tail(int K, const float *a, const int32_t *koff, const float *wg,
     }
 }
 
-static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int T)
+/* What chunk `chunk` of the split for T threads computes: group g, pixel vectors [v0, v1) (the last range
+ * ends at the plane's last, partial vector), output-channel blocks [b0, b1). Chunks are pixel-major:
+ * consecutive chunks are one pixel range, all groups (see dw_run). */
+typedef struct {
+    int g, v0, v1, b0, b1;
+} pw_part;
+
+static pw_part pw_chunk(const sn_op *op, int chunk, int T)
 {
     int ps, ns, nb, base, extra;
     pw_split(op, T, &ps, &ns);
     pw_blocks(op->N, &nb, &base, &extra);
-    /* pixel-major: consecutive chunks are one pixel range, all groups (see dw_run) */
-    const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), g = r / ns, ni = r % ns;
+    const int pi = chunk / (op->groups * ns), r = chunk % (op->groups * ns), ni = r % ns;
+    const int nvec = CDIV(op->H * op->W, VW), ntiles = pw_tiles(op);
+    pw_part c;
+    c.g = r / ns;
+    c.v0 = (int)((int64_t)ntiles * pi / ps) * PW_NV_DEFAULT;
+    c.v1 = pi == ps - 1 ? nvec : MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
+    c.b0 = (int)((int64_t)nb * ni / ns);
+    c.b1 = (int)((int64_t)nb * (ni + 1) / ns);
+    return c;
+}
+
+static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int T)
+{
+    int nb, base, extra;
+    pw_blocks(op->N, &nb, &base, &extra);
+    const pw_part pc = pw_chunk(op, chunk, T);
+    const int g = pc.g, v0 = pc.v0, v1 = pc.v1, b0 = pc.b0, b1 = pc.b1;
     const int P = op->H * op->W, nvec = CDIV(P, VW), K = op->K, N = op->N;
-    const int ntiles = pw_tiles(op);
-    const int v0 = (int)((int64_t)ntiles * pi / ps) * PW_NV_DEFAULT;
-    const int v1 = pi == ps - 1 ? nvec : MIN(nvec, (int)((int64_t)ntiles * (pi + 1) / ps) * PW_NV_DEFAULT);
-    const int b0 = (int)((int64_t)nb * ni / ns), b1 = (int)((int64_t)nb * (ni + 1) / ns);
     if (v0 >= v1 || b0 >= b1) return;
     const float *a = slot[op->src];
     const int32_t *koff = op->koff + (ptrdiff_t)g * K;
@@ -385,10 +403,11 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
     }
 }
 
-static void chan_range(int C, int chunk, int n, int *c0, int *c1)
+/* the chunk-th of n near-equal parts [*a, *b) of [0, len) (channels or rows) */
+static void part_range(int len, int chunk, int n, int *a, int *b)
 {
-    *c0 = (int)((int64_t)C * chunk / n);
-    *c1 = (int)((int64_t)C * (chunk + 1) / n);
+    *a = (int)((int64_t)len * chunk / n);
+    *b = (int)((int64_t)len * (chunk + 1) / n);
 }
 
 /* chunks are ranges of pixel vectors (stride 1) or output rows (stride 2), over all channels, so that
@@ -400,15 +419,22 @@ static int dw_by_channels(const sn_op *op, int n)
     return n > 1 && units < 4 * n && units < op->cout;
 }
 
+/* chunk `chunk` of n: pixel vectors (stride 1) or output rows (stride 2) [*r0, *r1) of channels [*ca, *cb) */
+static void dw_chunk(const sn_op *op, int chunk, int n, int *r0, int *r1, int *ca, int *cb)
+{
+    const int len = op->kind == SN_OP_DW && op->stride == 1 ? CDIV(op->H * op->W, VW) : op->OH;
+    *r0 = 0, *r1 = len, *ca = 0, *cb = op->cout;
+    if (dw_by_channels(op, n))
+        part_range(op->cout, chunk, n, ca, cb);
+    else
+        part_range(len, chunk, n, r0, r1);
+}
+
 static void dw_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     const int s1 = op->kind == SN_OP_DW && op->stride == 1;
-    const int len = s1 ? CDIV(op->H * op->W, VW) : op->OH;
-    int r0 = 0, r1 = len, ca = 0, cb = op->cout;
-    if (dw_by_channels(op, n))
-        chan_range(op->cout, chunk, n, &ca, &cb);
-    else
-        chan_range(len, chunk, n, &r0, &r1);
+    int r0, r1, ca, cb;
+    dw_chunk(op, chunk, n, &r0, &r1, &ca, &cb);
     if (r0 >= r1) return;
     const int64_t si = cs[op->src], so = cs[op->dst];
     for (int c = ca; c < cb; c++) {
@@ -554,7 +580,8 @@ static void maxpool_row(const float *const rows[3], int W, float *out, int OW)
 
 static void conv_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
-    const int y0 = (int)((int64_t)op->OH * chunk / n), y1 = (int)((int64_t)op->OH * (chunk + 1) / n);
+    int y0, y1;
+    part_range(op->OH, chunk, n, &y0, &y1);
     const int64_t si = cs[op->src], so = cs[op->dst];
     const float *in = slot[op->src] + (ptrdiff_t)op->src_coff * si;
     float *out = slot[op->dst] + (ptrdiff_t)op->dst_coff * so;
@@ -597,7 +624,7 @@ static void conv_run(const sn_op *op, float *const *slot, const int64_t *cs, int
 static void gap_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int c0, c1;
-    chan_range(op->cout, chunk, n, &c0, &c1);
+    part_range(op->cout, chunk, n, &c0, &c1);
     const int P = op->H * op->W;
     const int64_t si = cs[op->src];
     float *out = slot[op->dst] + op->dst_coff;
@@ -662,7 +689,7 @@ static void fc_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
 static void pack_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int c0, c1;
-    chan_range(op->cout, chunk, n, &c0, &c1);
+    part_range(op->cout, chunk, n, &c0, &c1);
     const int64_t si = cs[op->src], so = cs[op->dst];
     const size_t bytes = (size_t)op->H * op->W * sizeof(float);
     for (int c = c0; c < c1; c++)
@@ -770,6 +797,60 @@ static void op_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
         break;
     default:
         break;
+    }
+}
+
+/* The pixels that chunk `chunk` of the split for T threads reads in every plane of its input (and residual),
+ * [sp[0], sp[1]) in the raster order of the H x W plane, and writes in every plane of its output, [sp[2],
+ * sp[3]) of the OH x OW plane. Returns 0 where a chunk reads or writes whole planes (channel splits, flat
+ * vectors, the int8 ops): then each of its chunks depends on all chunks of the op before. The runtime starts a
+ * chunk once the chunks of the previous op that write what it reads are done (sn_runtime.c, sn_plan_deps). */
+static int op_span(const sn_op *op, int chunk, int T, int64_t *sp)
+{
+    const int64_t P = (int64_t)op->H * op->W;
+    switch (op->kind) {
+    case SN_OP_PW: { /* stride 1: the same pixels in and out; the last range includes the partial vector */
+        const pw_part c = pw_chunk(op, chunk, T);
+        sp[0] = sp[2] = (int64_t)c.v0 * VW;
+        sp[1] = sp[3] = MIN((int64_t)c.v1 * VW, P);
+        return 1;
+    }
+    case SN_OP_DW:
+    case SN_OP_POOL: {
+        const int n = op_nchunks(op, T);
+        if (dw_by_channels(op, n)) return 0;
+        int r0, r1, ca, cb;
+        dw_chunk(op, chunk, n, &r0, &r1, &ca, &cb);
+        if (op->kind == SN_OP_DW && op->stride == 1) { /* vectors [r0, r1) and their 3x3 neighbourhood */
+            sp[2] = (int64_t)r0 * VW;
+            sp[3] = MIN((int64_t)r1 * VW, P);
+            sp[0] = MAX(0, sp[2] - op->W - 1);
+            sp[1] = MIN(P, sp[3] + op->W + 1);
+        } else { /* output rows [r0, r1) read input rows 2 r0 - 1 .. 2 r1 - 1 */
+            sp[2] = (int64_t)r0 * op->OW;
+            sp[3] = (int64_t)r1 * op->OW;
+            sp[0] = (int64_t)MAX(0, 2 * r0 - 1) * op->W;
+            sp[1] = (int64_t)MIN(op->H, 2 * r1) * op->W;
+        }
+        return 1;
+    }
+    case SN_OP_CONV: {
+        int y0, y1;
+        part_range(op->OH, chunk, op_nchunks(op, T), &y0, &y1);
+        sp[2] = (int64_t)y0 * op->OW;
+        sp[3] = (int64_t)y1 * op->OW;
+        int c0 = y0, c1 = y1; /* conv rows computed: pooled row py needs conv rows 2 py - 1 .. 2 py + 1 */
+        if (op->pool) {
+            const int CH = op->stride == 2 ? (op->H - 1) / 2 + 1 : op->H;
+            c0 = MAX(0, 2 * y0 - 1);
+            c1 = MIN(CH, 2 * y1);
+        }
+        sp[0] = (int64_t)MAX(0, op->stride * c0 - 1) * op->W;
+        sp[1] = (int64_t)MIN(op->H, op->stride * (c1 - 1) + 2) * op->W;
+        return 1;
+    }
+    default:
+        return 0;
     }
 }
 
@@ -996,4 +1077,4 @@ static void op_pack(const sn_op *op, float *wp)
 }
 
 #include "sn_vtab.h"
-const sn_vtab SN_FN(sn_vtab) = {SN_ISA, VW, op_nchunks, op_run, shuffle_rows, op_pack_size, op_pack};
+const sn_vtab SN_FN(sn_vtab) = {SN_ISA, VW, op_nchunks, op_run, op_span, shuffle_rows, op_pack_size, op_pack};

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#define SN_ABI_VERSION 5
+#define SN_ABI_VERSION 6
 
 #define SN_API __attribute__((visibility("default")))
 
@@ -77,6 +77,10 @@ typedef struct sn_plan {
     double hist[2][8];
     int32_t nhist[2];
     int32_t tick, reserved2;
+    /* mode 0, threads > 1 (may be NULL): deps[op * 64 + c] has bit d set when chunk c of op needs chunk d of
+     * op - 1 (sn_plan_deps), for the chunks of deps_T threads on instruction set deps_isa */
+    const uint64_t *deps;
+    int32_t deps_T, deps_isa;
 } sn_plan;
 
 #endif

@@ -1,14 +1,18 @@
 /* Runtime of the native engine: instruction-set dispatch, a small thread pool, the plan executor and the
  * exported C ABI (called from Python through ctypes; no Python or torch headers).
  *
- * Scheduling. With one image at a time (plan mode 0), every operation is cut into chunks; threads claim
- * chunks in order from one atomic counter, and a chunk starts once the previous operation has completed
- * (a per-operation counter of finished chunks). No thread ever waits for another thread to *arrive*, only for
- * claimed work to finish, so a thread that the OS does not schedule (a busy machine) costs at most the chunk
- * it holds and the others carry on. With one image per thread (mode 1), threads claim whole images.
- * Idle workers spin for a short while, then sleep on a condition variable.
+ * Scheduling. With one image at a time (plan mode 0), every operation is cut into chunks, each thread owning
+ * a share of them (see job_intra). A chunk starts once the chunks of the previous operation that write what
+ * it reads are done (plan->deps, from the pixel spans of the kernels; otherwise once the whole previous
+ * operation is), and once every operation before that one is complete, so that at most two operations are
+ * in flight: a thread that finished its share moves on instead of waiting for the slowest chunk of the op.
+ * No thread ever waits for another thread to *arrive*, only for claimed work to finish, so a thread that the
+ * OS does not schedule (a busy machine) costs at most the chunk it holds and the others carry on. With one
+ * image per thread (mode 1), threads claim whole images. Idle workers spin for a short while, then sleep on
+ * a condition variable.
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -165,10 +169,11 @@ static void signal_add(atomic_int *counter, int d)
  * running (a busy machine, where spinning only takes CPU from it), and the budget halves. */
 static _Thread_local double t_spin = -1.0;
 
-/* Wait until *counter >= target (ge != 0) or *counter == 0 (ge == 0). */
-static void wait_for(atomic_int *counter, int target, int ge)
+/* Wait until *counter >= target (ge > 0), *counter == 0 (ge == 0), or (ge < 0) all bits of need are set in
+ * *mask, where whoever sets a bit bumps *counter afterwards (so a sleeper on the counter wakes for it). */
+static void wait_for(atomic_int *counter, int target, int ge, _Atomic uint64_t *mask, uint64_t need)
 {
-#define SN_DONE(v) (ge ? (v) >= target : (v) == 0)
+#define SN_DONE(v) (ge > 0 ? (v) >= target : ge == 0 ? (v) == 0 : (atomic_load(mask) & need) == need)
     int v = atomic_load(counter);
     if (SN_DONE(v)) return;
     read_spin_env();
@@ -182,7 +187,7 @@ static void wait_for(atomic_int *counter, int target, int ge)
     }
     atomic_fetch_add(&g_waiters, 1);
     for (;;) {
-        v = atomic_load(counter);
+        v = atomic_load(counter); /* before the mask: a bit set later bumps the counter past v */
         if (SN_DONE(v)) break;
         futex_wait(counter, v);
     }
@@ -197,7 +202,7 @@ static void wait_for(atomic_int *counter, int target, int ge)
 #undef SN_DONE
 }
 
-static void wait_at_least(atomic_int *counter, int target) { wait_for(counter, target, 1); }
+static void wait_at_least(atomic_int *counter, int target) { wait_for(counter, target, 1, NULL, 0); }
 
 /* ------------------------------------------------------------------------------------------ pool ------- */
 /* Jobs go through a ring of SN_JOB_SLOTS slots, so that the caller never waits for a worker to *leave* a job: a
@@ -324,7 +329,7 @@ static int pool_run(job_fn fn, void *arg, int T, void (*dtor)(void *))
         return 0;
     }
     job_slot *js = &pl->slot[(pl->seq + 1) % SN_JOB_SLOTS];
-    wait_for(&js->active, 0, 0); /* a worker SN_JOB_SLOTS jobs late: rare */
+    wait_for(&js->active, 0, 0, NULL, 0); /* a worker SN_JOB_SLOTS jobs late: rare */
     if (js->dtor && js->arg) js->dtor(js->arg);
     js->fn = fn;
     js->arg = arg;
@@ -355,7 +360,9 @@ typedef struct {
     int T, nops, batch;       /* copies: what a late worker reads */
     int nch[SN_MAX_OPS];      /* chunks per op (mode 0) */
     atomic_int *done;         /* finished chunks of op q at done[q * SN_PAD_I] (mode 0) */
+    _Atomic uint64_t *bits;   /* which chunks of op q are finished, at bits[q * SN_PAD_R] (the first 64) */
     _Atomic uint64_t *range;  /* unclaimed chunks of thread t in op q at range[(q * T + t) * SN_PAD_R]: hi << 32 | lo */
+    const uint64_t *deps;     /* plan->deps when it is for this job's T and instruction set, else NULL */
     atomic_int imgs_next, imgs_done;
 } sn_job;
 
@@ -379,11 +386,21 @@ static void resolve(const sn_job *j, int img, int set, float **slot)
     slot[1] = j->y + (ptrdiff_t)img * p->slot_img[1];
 }
 
+/* 1 when the chunks of op wait for the chunks of op - 1 they need (deps[op * 64 + c]), 0 when they wait for
+ * the whole of op - 1 (no deps; the first op of an image; ops of more than 64 chunks) */
+static int by_chunk(const uint64_t *deps, const int *nch, int op)
+{
+    return deps && op > 0 && nch[op] <= 64 && nch[op - 1] <= 64;
+}
+
 /* Mode 0: every thread walks through all ops in order. Thread t owns the t-th contiguous share of each op's
  * chunks (the kernels number chunks so that a share is one region of the image, which then stays in that
- * core's cache from op to op), runs it front to back, then takes what is left of the others' shares from
- * their back. An op starts once the previous one has finished; a thread that the OS does not run simply
- * finds its shares taken. */
+ * core's cache from op to op) and runs it from one end, front to back for even t and back to front for odd
+ * t, then takes what is left of the others' shares from their other end. Two neighbouring shares thus finish
+ * at their common border, at the same time, and start the next op away from it, where the chunks they need
+ * are their own, finished first. A chunk of op k starts once op k - 2 is complete (so is everything before
+ * it: some chunk of op k - 1 started, after op k - 3 was complete) and its chunks of op k - 1 are finished;
+ * a thread that the OS does not run simply finds its shares taken. */
 static void job_intra(void *arg, int tid)
 {
     sn_job *j = (sn_job *)arg;
@@ -393,17 +410,25 @@ static void job_intra(void *arg, int tid)
         int resolved = 0; /* the plan is touched only after claiming work, i.e. while the job runs */
         for (int op = 0; op < nops; op++) {
             const int q = img * nops + op;
-            if (q > 0) wait_at_least(&j->done[(q - 1) * SN_PAD_I], j->nch[op > 0 ? op - 1 : nops - 1]);
+            if (q > 1) wait_at_least(&j->done[(q - 2) * SN_PAD_I], j->nch[(op + 2 * nops - 2) % nops]);
+            const int partial = by_chunk(j->deps, j->nch, op);
+            if (q > 0 && !partial)
+                wait_at_least(&j->done[(q - 1) * SN_PAD_I], j->nch[op > 0 ? op - 1 : nops - 1]);
             _Atomic uint64_t *r = j->range + (ptrdiff_t)q * T * SN_PAD_R;
             for (int k = 0; k < T; k++) {
                 const int v = (tid + k) % T;
+                const int back = (v & 1) != (k != 0); /* the owner's end: front for even v; thieves the other */
                 int c;
-                while ((c = range_pop(&r[v * SN_PAD_R], k != 0)) >= 0) {
+                while ((c = range_pop(&r[v * SN_PAD_R], back)) >= 0) {
+                    if (partial)
+                        wait_for(&j->done[(q - 1) * SN_PAD_I], 0, -1, &j->bits[(q - 1) * SN_PAD_R],
+                                 j->deps[(ptrdiff_t)op * 64 + c]);
                     if (!resolved) {
                         resolve(j, img, 0, slot);
                         resolved = 1;
                     }
                     j->vt->run(&j->plan->ops[op], slot, j->plan->slot_cs, c, T);
+                    if (c < 64) atomic_fetch_or(&j->bits[q * SN_PAD_R], 1ull << c);
                     signal_add(&j->done[q * SN_PAD_I], 1);
                 }
             }
@@ -415,6 +440,7 @@ static void job_free(void *arg)
 {
     sn_job *j = (sn_job *)arg;
     free((void *)j->range);
+    free((void *)j->bits);
     free((void *)j->done);
     free(j);
 }
@@ -525,24 +551,131 @@ SN_API int sn_run(sn_plan *plan, int isa, int T, float *x, float *y)
         for (int o = 0; o < plan->nops; o++) j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
         const size_t nq = (size_t)plan->batch * plan->nops;
         j->done = (atomic_int *)aligned_alloc(64, nq * SN_PAD_I * sizeof(atomic_int));
+        j->bits = (_Atomic uint64_t *)aligned_alloc(64, nq * SN_PAD_R * sizeof(uint64_t));
         j->range = (_Atomic uint64_t *)aligned_alloc(64, nq * (size_t)T * SN_PAD_R * sizeof(uint64_t));
-        if (!j->done || !j->range) {
+        if (plan->deps && plan->deps_T == T && plan->deps_isa == isa) j->deps = plan->deps;
+        if (!j->done || !j->bits || !j->range) {
             rc = -3;
         } else {
             for (size_t q = 0; q < nq; q++) {
                 const uint64_t n = (uint64_t)j->nch[q % plan->nops];
                 atomic_init(&j->done[q * SN_PAD_I], 0);
+                atomic_init(&j->bits[q * SN_PAD_R], 0);
                 for (int t = 0; t < T; t++)
                     atomic_init(&j->range[(q * T + t) * SN_PAD_R], (n * (t + 1) / T) << 32 | (n * t / T));
             }
             owned = pool_run(job_intra, j, T, job_free);
+            /* the last op complete, and the one before (its chunks need not all be needed by the last) */
             wait_at_least(&j->done[(nq - 1) * SN_PAD_I], j->nch[plan->nops - 1]);
+            if (nq > 1)
+                wait_at_least(&j->done[(nq - 2) * SN_PAD_I], j->nch[(2 * plan->nops - 2) % plan->nops]);
             if (mode >= 0) record_time(plan, mode, mono_now() - t0);
         }
     }
     if (!owned) job_free(j);
     pthread_mutex_unlock(&g_run_mu);
     return rc;
+}
+
+/* Fill deps (nops * 64 entries) for plan->deps: bit d of deps[op * 64 + c] is set when chunk c of op, split
+ * for T threads on instruction set isa, reads pixels that chunk d of op - 1 writes (op_span in sn_kernels.c;
+ * all of op - 1's chunks where a span is not known). An op that reads neither as input nor as residual what
+ * op - 1 writes needs none of it. Entries of ops with more than 64 chunks, or after one, are not used.
+ * Returns 0, or a negative error code. */
+SN_API int sn_plan_deps(const sn_plan *plan, int isa, int T, uint64_t *deps)
+{
+    if (!plan || !deps || plan->nops <= 0 || plan->nops > SN_MAX_OPS) return -1;
+    if (T < 1) T = 1;
+    const sn_vtab *vt = vtab_for(isa);
+    memset(deps, 0, sizeof(uint64_t) * 64 * (size_t)plan->nops);
+    for (int o = 1; o < plan->nops; o++) {
+        const sn_op *op = &plan->ops[o], *pv = &plan->ops[o - 1];
+        const int n = vt->nchunks(op, T), np = vt->nchunks(pv, T);
+        if (n > 64 || np > 64) continue;
+        if (op->src != pv->dst && op->res != pv->dst) continue;
+        const uint64_t all = np == 64 ? ~0ull : (1ull << np) - 1;
+        for (int c = 0; c < n; c++) {
+            int64_t a[4], b[4];
+            uint64_t need = 0;
+            if (!vt->span(op, c, T, a)) {
+                need = all;
+            } else {
+                for (int d = 0; d < np; d++)
+                    if (!vt->span(pv, d, T, b) || (a[0] < a[1] && b[2] < b[3] && b[2] < a[1] && a[0] < b[3]))
+                        need |= 1ull << d;
+            }
+            deps[(ptrdiff_t)o * 64 + c] = need;
+        }
+    }
+    return 0;
+}
+
+/* Run the plan on the calling thread in an order that the schedule of sn_run allows for T threads and that
+ * is most likely to expose a missing dependency: whenever a chunk of the next op is allowed to start (its
+ * needs met, as sn_run reads them from plan->deps), it runs before the remaining chunks of the current op,
+ * chosen at random (seed). Beforehand every plane the ops write is filled with NaN, so that a chunk that ran
+ * before what it reads was written, or that overwrote what a chunk of the op before still had to read, gives
+ * a different output. plan->deps must be for (T, isa). Returns 0, or a negative error code. For tests. */
+SN_API int sn_check_schedule(const sn_plan *plan, int isa, int T, float *x, float *y, uint64_t seed)
+{
+    if (!plan || plan->nops <= 0 || plan->nops > SN_MAX_OPS || plan->nslots > SN_MAX_SLOTS) return -1;
+    if (plan->nslots < 2 || plan->batch <= 0 || plan->mode != 0) return -2;
+    if (T < 2 || !plan->deps || plan->deps_T != T || plan->deps_isa != isa) return -4;
+    const sn_vtab *vt = vtab_for(isa);
+    sn_job j;
+    memset(&j, 0, sizeof j);
+    j.plan = plan;
+    j.x = x;
+    j.y = y;
+    const int nops = plan->nops;
+    for (int o = 0; o < nops; o++) j.nch[o] = vt->nchunks(&plan->ops[o], T);
+    float *slot[SN_MAX_SLOTS];
+    uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
+    pthread_mutex_lock(&g_run_mu);
+    for (int img = 0; img < plan->batch; img++) {
+        resolve(&j, img, 0, slot);
+        for (int o = 0; o < nops; o++) { /* NaN into what the ops write (float planes and vectors) */
+            const sn_op *op = &plan->ops[o];
+            if (op->kind < SN_OP_PACK || op->kind > SN_OP_FC) continue;
+            const int flat = op->kind == SN_OP_GAP || op->kind == SN_OP_FC;
+            const int64_t cs = plan->slot_cs[op->dst], P = flat ? 1 : (int64_t)op->OH * op->OW;
+            for (int c = 0; c < op->cout; c++) {
+                float *p = slot[op->dst] + (flat ? op->dst_coff + c : (op->dst_coff + c) * cs);
+                for (int64_t i = 0; i < P; i++) p[i] = NAN;
+            }
+        }
+        uint64_t fin = 0, next = 0; /* finished chunks of op a and of op a + 1 */
+        for (int a = 0; a < nops; a++, fin = next, next = 0) {
+            const sn_op *op = &plan->ops[a];
+            if (j.nch[a] > 64) { /* no chunk of it ran early (by_chunk is 0 for it and the next op) */
+                for (int c = 0; c < j.nch[a]; c++) vt->run(op, slot, plan->slot_cs, c, T);
+                continue;
+            }
+            const int early = a + 1 < nops && by_chunk(plan->deps, j.nch, a + 1);
+            while (fin != (j.nch[a] == 64 ? ~0ull : (1ull << j.nch[a]) - 1)) {
+                int cand[64], nc = 0, w = 0;
+                for (int c = 0; early && c < j.nch[a + 1]; c++) {
+                    const uint64_t need = plan->deps[(ptrdiff_t)(a + 1) * 64 + c];
+                    if (!(next >> c & 1) && (fin & need) == need) cand[nc++] = c;
+                }
+                if (nc) {
+                    w = 1;
+                } else {
+                    for (int c = 0; c < j.nch[a]; c++)
+                        if (!(fin >> c & 1)) cand[nc++] = c;
+                }
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                const int c = cand[rng % (uint64_t)nc];
+                vt->run(op + w, slot, plan->slot_cs, c, T);
+                if (w)
+                    next |= 1ull << c;
+                else
+                    fin |= 1ull << c;
+            }
+        }
+    }
+    pthread_mutex_unlock(&g_run_mu);
+    return 0;
 }
 
 /* --------------------------------------------------------------------------- channels-last shuffle ---- */
