@@ -246,6 +246,26 @@ def test_bench_result_busy_rules():
     assert "quiet machine" in format_table(quiet) and "not judged" not in format_table(quiet)
 
 
+def test_load_during_rounds_is_pooled_over_their_loops():
+    from shufflenet.deploy.benchmark import BackendResult, _pool_rounds
+
+    def round_(other_s, seconds):
+        r = BackendResult("native", times_ms=[1.0], other_cores_before=0.01)
+        r.other_seconds_during, r.seconds_during = other_s, seconds
+        r.other_cores_during = max(0.0, other_s) / seconds
+        return r
+
+    # one clock tick of another process in a 30 ms loop reads as 0.33 cores; over all loops it is 0.033
+    pooled = None
+    for other_s, seconds in [(0.01, 0.03), (0.0, 0.12), (-0.01, 0.05), (0.01, 0.10)]:
+        pooled = _pool_rounds(pooled, round_(other_s, seconds))
+    assert pooled.other_cores_during == pytest.approx(0.01 / 0.30)
+    assert pooled.times_ms == [1.0] * 4 and pooled.other_cores_before == 0.01
+    # a round whose load could not be read leaves the load unknown (then the result counts as busy)
+    unknown = BackendResult("native", times_ms=[1.0])
+    assert _pool_rounds(pooled, unknown).other_cores_during is None
+
+
 def test_load_meter_subtracts_own_cpu():
     from shufflenet.deploy.benchmark import _LoadMeter, cpu_busy_other
 

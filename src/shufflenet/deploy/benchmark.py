@@ -13,9 +13,10 @@ median, 10th and 90th percentile and minimum latency, images per second and achi
 
 Machine load: before each worker starts, the parent samples ``/proc/stat`` over ``load_window`` seconds while
 it sleeps; during the timed loop the worker samples it again and subtracts its own CPU time (all of its
-threads). Both give the CPU time, in cores, that *other* processes used. When either exceeds
-:data:`BUSY_CORES` the result is marked busy and no figure of it should be read as a result: targets are not
-judged (:meth:`BenchResult.busy`).
+threads). Both give the CPU time, in cores, that *other* processes used (with several rounds: the worst round
+before a worker, and the timed loops of all rounds taken together, since the kernel counts CPU time in 10 ms
+ticks and the loop of a fast model lasts only a few). When either exceeds :data:`BUSY_CORES` the result is
+marked busy and no figure of it should be read as a result: targets are not judged (:meth:`BenchResult.busy`).
 
 Backends: :data:`BENCH_BACKENDS` = those of :func:`shufflenet.deploy.optimize` plus ``"executorch"``
 (:mod:`.executorch`, a program at the benchmark's batch and size; ops XNNPACK does not take run on
@@ -86,8 +87,11 @@ class BackendResult:
     gflops: float | None = None
     # other processes' CPU use before the worker starts, in cores
     other_cores_before: float | None = None
-    # ... during the timed loop (the worker's own threads excluded)
+    # ... during the timed loop (the worker's own threads excluded); over several rounds, all of their loops
+    # together: other_seconds_during / seconds_during (CPU seconds of other processes / wall seconds)
     other_cores_during: float | None = None
+    other_seconds_during: float | None = None
+    seconds_during: float | None = None
     pid: int | None = None  # the worker process that built and timed it
     note: str | None = None
 
@@ -210,11 +214,16 @@ class _LoadMeter:
         self.busy0, self.own0, self.t0 = _proc_stat_busy(), _own_cpu(), time.monotonic()
 
     def stop(self) -> float | None:
+        other, seconds = self.stop_seconds()
+        return None if other is None else max(0.0, other) / seconds
+
+    def stop_seconds(self) -> tuple[float | None, float]:
+        """(CPU seconds other processes used, wall seconds) since :meth:`start`; (None, s) off Linux. The CPU
+        time comes in clock ticks (10 ms), so a window of a few ticks reads it coarsely: pool windows."""
         busy1, own1, t1 = _proc_stat_busy(), _own_cpu(), time.monotonic()
         if self.busy0 is None or busy1 is None or t1 <= self.t0:
-            return None
-        other = (busy1 - self.busy0) - (own1 - self.own0)
-        return max(0.0, other) / (t1 - self.t0)
+            return None, t1 - self.t0
+        return (busy1 - self.busy0) - (own1 - self.own0), t1 - self.t0
 
 
 def cpu_busy_other(window: float = 1.0) -> float | None:
@@ -360,7 +369,9 @@ def _worker(spec: dict) -> dict:
             t = time.perf_counter()
             fn(x)
             res.times_ms.append((time.perf_counter() - t) * 1e3)
-        res.other_cores_during = meter.stop()
+        res.other_seconds_during, res.seconds_during = meter.stop_seconds()
+        if res.other_seconds_during is not None:
+            res.other_cores_during = max(0.0, res.other_seconds_during) / res.seconds_during
     return asdict(res)
 
 
@@ -391,12 +402,19 @@ def _max_or_none(a: float | None, b: float | None) -> float | None:
 
 
 def _pool_rounds(before: BackendResult | None, new: BackendResult) -> BackendResult:
-    """One backend's result over the rounds so far: times pooled, the load as the worst seen, a failure kept."""
+    """One backend's result over the rounds so far: times pooled; the load before a round as the worst seen,
+    during the timed loops as other processes' CPU time over all of them (a loop of a fast model lasts a few
+    clock ticks, too few to read a load from on its own); a failure kept."""
     if before is None or new.status != "ok":
         return new
     before.times_ms.extend(new.times_ms)
     before.other_cores_before = _max_or_none(before.other_cores_before, new.other_cores_before)
-    before.other_cores_during = _max_or_none(before.other_cores_during, new.other_cores_during)
+    if before.other_seconds_during is None or new.other_seconds_during is None:
+        before.other_seconds_during = before.other_cores_during = None
+    else:
+        before.other_seconds_during += new.other_seconds_during
+        before.seconds_during += new.seconds_during
+        before.other_cores_during = max(0.0, before.other_seconds_during) / before.seconds_during
     before.max_rel_error = _max_or_none(before.max_rel_error, new.max_rel_error)
     return before
 
