@@ -350,8 +350,14 @@ static int pool_run(job_fn fn, void *arg, int T, void (*dtor)(void *))
 /* ------------------------------------------------------------------------------------- executor ------- */
 #define SN_MAX_SLOTS 64
 #define SN_MAX_OPS 1024
-#define SN_PAD_I 16 /* one 64-byte line per counter: no false sharing between threads */
 #define SN_PAD_R 8
+
+/* Progress of one op of a job: chunks finished, and which (the first 64). One cache line, written by whoever
+ * finishes a chunk: both updates then cost one transfer of the line between cores. */
+typedef struct {
+    atomic_int n;
+    _Atomic uint64_t bits;
+} __attribute__((aligned(64))) sn_progress;
 
 typedef struct {
     const sn_plan *plan;      /* only read while the job runs (a late worker may see it finished: see pool) */
@@ -359,8 +365,7 @@ typedef struct {
     float *x, *y;
     int T, nops, batch;       /* copies: what a late worker reads */
     int nch[SN_MAX_OPS];      /* chunks per op (mode 0) */
-    atomic_int *done;         /* finished chunks of op q at done[q * SN_PAD_I] (mode 0) */
-    _Atomic uint64_t *bits;   /* which chunks of op q are finished, at bits[q * SN_PAD_R] (the first 64) */
+    sn_progress *done;        /* of op q at done[q] (mode 0) */
     _Atomic uint64_t *range;  /* unclaimed chunks of thread t in op q at range[(q * T + t) * SN_PAD_R]: hi << 32 | lo */
     const uint64_t *deps;     /* plan->deps when it is for this job's T and instruction set, else NULL */
     atomic_int imgs_next, imgs_done;
@@ -410,10 +415,10 @@ static void job_intra(void *arg, int tid)
         int resolved = 0; /* the plan is touched only after claiming work, i.e. while the job runs */
         for (int op = 0; op < nops; op++) {
             const int q = img * nops + op;
-            if (q > 1) wait_at_least(&j->done[(q - 2) * SN_PAD_I], j->nch[(op + 2 * nops - 2) % nops]);
+            if (q > 1) wait_at_least(&j->done[q - 2].n, j->nch[(op + 2 * nops - 2) % nops]);
             const int partial = by_chunk(j->deps, j->nch, op);
             if (q > 0 && !partial)
-                wait_at_least(&j->done[(q - 1) * SN_PAD_I], j->nch[op > 0 ? op - 1 : nops - 1]);
+                wait_at_least(&j->done[q - 1].n, j->nch[op > 0 ? op - 1 : nops - 1]);
             _Atomic uint64_t *r = j->range + (ptrdiff_t)q * T * SN_PAD_R;
             for (int k = 0; k < T; k++) {
                 const int v = (tid + k) % T;
@@ -421,15 +426,15 @@ static void job_intra(void *arg, int tid)
                 int c;
                 while ((c = range_pop(&r[v * SN_PAD_R], back)) >= 0) {
                     if (partial)
-                        wait_for(&j->done[(q - 1) * SN_PAD_I], 0, -1, &j->bits[(q - 1) * SN_PAD_R],
+                        wait_for(&j->done[q - 1].n, 0, -1, &j->done[q - 1].bits,
                                  j->deps[(ptrdiff_t)op * 64 + c]);
                     if (!resolved) {
                         resolve(j, img, 0, slot);
                         resolved = 1;
                     }
                     j->vt->run(&j->plan->ops[op], slot, j->plan->slot_cs, c, T);
-                    if (c < 64) atomic_fetch_or(&j->bits[q * SN_PAD_R], 1ull << c);
-                    signal_add(&j->done[q * SN_PAD_I], 1);
+                    if (c < 64) atomic_fetch_or(&j->done[q].bits, 1ull << c);
+                    signal_add(&j->done[q].n, 1);
                 }
             }
         }
@@ -440,7 +445,6 @@ static void job_free(void *arg)
 {
     sn_job *j = (sn_job *)arg;
     free((void *)j->range);
-    free((void *)j->bits);
     free((void *)j->done);
     free(j);
 }
@@ -550,25 +554,24 @@ SN_API int sn_run(sn_plan *plan, int isa, int T, float *x, float *y)
         j->T = T;
         for (int o = 0; o < plan->nops; o++) j->nch[o] = j->vt->nchunks(&plan->ops[o], T);
         const size_t nq = (size_t)plan->batch * plan->nops;
-        j->done = (atomic_int *)aligned_alloc(64, nq * SN_PAD_I * sizeof(atomic_int));
-        j->bits = (_Atomic uint64_t *)aligned_alloc(64, nq * SN_PAD_R * sizeof(uint64_t));
+        j->done = (sn_progress *)aligned_alloc(64, nq * sizeof(sn_progress));
         j->range = (_Atomic uint64_t *)aligned_alloc(64, nq * (size_t)T * SN_PAD_R * sizeof(uint64_t));
         if (plan->deps && plan->deps_T == T && plan->deps_isa == isa) j->deps = plan->deps;
-        if (!j->done || !j->bits || !j->range) {
+        if (!j->done || !j->range) {
             rc = -3;
         } else {
             for (size_t q = 0; q < nq; q++) {
                 const uint64_t n = (uint64_t)j->nch[q % plan->nops];
-                atomic_init(&j->done[q * SN_PAD_I], 0);
-                atomic_init(&j->bits[q * SN_PAD_R], 0);
+                atomic_init(&j->done[q].n, 0);
+                atomic_init(&j->done[q].bits, 0);
                 for (int t = 0; t < T; t++)
                     atomic_init(&j->range[(q * T + t) * SN_PAD_R], (n * (t + 1) / T) << 32 | (n * t / T));
             }
             owned = pool_run(job_intra, j, T, job_free);
             /* the last op complete, and the one before (its chunks need not all be needed by the last) */
-            wait_at_least(&j->done[(nq - 1) * SN_PAD_I], j->nch[plan->nops - 1]);
+            wait_at_least(&j->done[nq - 1].n, j->nch[plan->nops - 1]);
             if (nq > 1)
-                wait_at_least(&j->done[(nq - 2) * SN_PAD_I], j->nch[(2 * plan->nops - 2) % plan->nops]);
+                wait_at_least(&j->done[nq - 2].n, j->nch[(2 * plan->nops - 2) % plan->nops]);
             if (mode >= 0) record_time(plan, mode, mono_now() - t0);
         }
     }
