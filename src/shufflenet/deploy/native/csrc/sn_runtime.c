@@ -391,6 +391,15 @@ static void resolve(const sn_job *j, int img, int set, float **slot)
     slot[1] = j->y + (ptrdiff_t)img * p->slot_img[1];
 }
 
+/* A job that only serves resolve() for the calling thread (sn_profile, sn_check_schedule). */
+static void local_job(sn_job *j, const sn_plan *plan, float *x, float *y)
+{
+    memset(j, 0, sizeof *j);
+    j->plan = plan;
+    j->x = x;
+    j->y = y;
+}
+
 /* 1 when the chunks of op wait for the chunks of op - 1 they need (deps[op * 64 + c]), 0 when they wait for
  * the whole of op - 1 (no deps; the first op of an image; ops of more than 64 chunks) */
 static int by_chunk(const uint64_t *deps, const int *nch, int op)
@@ -626,10 +635,7 @@ SN_API int sn_check_schedule(const sn_plan *plan, int isa, int T, float *x, floa
     if (T < 2 || !plan->deps || plan->deps_T != T || plan->deps_isa != isa) return -4;
     const sn_vtab *vt = vtab_for(isa);
     sn_job j;
-    memset(&j, 0, sizeof j);
-    j.plan = plan;
-    j.x = x;
-    j.y = y;
+    local_job(&j, plan, x, y);
     const int nops = plan->nops;
     for (int o = 0; o < nops; o++) j.nch[o] = vt->nchunks(&plan->ops[o], T);
     float *slot[SN_MAX_SLOTS];
@@ -756,10 +762,7 @@ SN_API int sn_profile(const sn_plan *plan, int isa, int T, float *x, float *y, d
     if (T < 1) T = 1;
     const sn_vtab *vt = vtab_for(isa);
     sn_job j;
-    memset(&j, 0, sizeof j);
-    j.plan = plan;
-    j.x = x;
-    j.y = y;
+    local_job(&j, plan, x, y);
     float *slot[SN_MAX_SLOTS];
     pthread_mutex_lock(&g_run_mu);
     for (int img = 0; img < plan->batch; img++) {
