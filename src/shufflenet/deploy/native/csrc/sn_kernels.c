@@ -578,6 +578,10 @@ static void maxpool_row(const float *const rows[3], int W, float *out, int OW)
     }
 }
 
+/* size of the conv's own output (before its max pool): stride 1 or 2, pad 1 */
+SN_INLINE int conv_rows(const sn_op *op) { return op->stride == 2 ? (op->H - 1) / 2 + 1 : op->H; }
+SN_INLINE int conv_cols(const sn_op *op) { return op->stride == 2 ? (op->W - 1) / 2 + 1 : op->W; }
+
 static void conv_run(const sn_op *op, float *const *slot, const int64_t *cs, int chunk, int n)
 {
     int y0, y1;
@@ -590,8 +594,7 @@ static void conv_run(const sn_op *op, float *const *slot, const int64_t *cs, int
         return;
     }
     /* conv rows into a ring of three rows, max pool each output row from it */
-    const int CH = op->stride == 2 ? (op->H - 1) / 2 + 1 : op->H;
-    const int CW = op->stride == 2 ? (op->W - 1) / 2 + 1 : op->W;
+    const int CH = conv_rows(op), CW = conv_cols(op);
     const int64_t rs = (int64_t)CDIV(CW, VW) * VW + VW; /* floats per channel row in the ring */
     float *ring = (float *)malloc(sizeof(float) * (size_t)(3 * op->cout * rs + VW));
     if (!ring) return;
@@ -841,9 +844,8 @@ static int op_span(const sn_op *op, int chunk, int T, int64_t *sp)
         sp[3] = (int64_t)y1 * op->OW;
         int c0 = y0, c1 = y1; /* conv rows computed: pooled row py needs conv rows 2 py - 1 .. 2 py + 1 */
         if (op->pool) {
-            const int CH = op->stride == 2 ? (op->H - 1) / 2 + 1 : op->H;
             c0 = MAX(0, 2 * y0 - 1);
-            c1 = MIN(CH, 2 * y1);
+            c1 = MIN(conv_rows(op), 2 * y1);
         }
         sp[0] = (int64_t)MAX(0, op->stride * c0 - 1) * op->W;
         sp[1] = (int64_t)MIN(op->H, op->stride * (c1 - 1) + 2) * op->W;

@@ -605,16 +605,16 @@ SN_API int sn_plan_deps(const sn_plan *plan, int isa, int T, uint64_t *deps)
         const int n = vt->nchunks(op, T), np = vt->nchunks(pv, T);
         if (n > 64 || np > 64) continue;
         if (op->src != pv->dst && op->res != pv->dst) continue;
-        const uint64_t all = np == 64 ? ~0ull : (1ull << np) - 1;
+        int64_t b[64][4]; /* what each chunk of op - 1 writes */
+        int known[64];
+        for (int d = 0; d < np; d++) known[d] = vt->span(pv, d, T, b[d]);
         for (int c = 0; c < n; c++) {
-            int64_t a[4], b[4];
+            int64_t a[4];
+            const int span = vt->span(op, c, T, a);
             uint64_t need = 0;
-            if (!vt->span(op, c, T, a)) {
-                need = all;
-            } else {
-                for (int d = 0; d < np; d++)
-                    if (!vt->span(pv, d, T, b) || (a[0] < a[1] && b[2] < b[3] && b[2] < a[1] && a[0] < b[3]))
-                        need |= 1ull << d;
+            for (int d = 0; d < np; d++) {
+                const int overlap = a[0] < a[1] && b[d][2] < b[d][3] && b[d][2] < a[1] && a[0] < b[d][3];
+                if (!span || !known[d] || overlap) need |= 1ull << d;
             }
             deps[(ptrdiff_t)o * 64 + c] = need;
         }
