@@ -11,8 +11,9 @@ Environment (both read once per process):
     SHUFFLENET_NATIVE_ADAPTIVE=1: see :func:`thread_plan`.
     SHUFFLENET_NATIVE_SPIN_US: the longest, in microseconds, that a thread spins before it sleeps (default
         200): an idle pool thread waiting for the next call, or a thread waiting for another's work (its spin
-        adapts: it grows to cover waits shorter than this and halves after longer ones). Read by the C runtime
-        when its pool starts. Lower it on a machine shared with other busy processes.
+        adapts: it grows to cover waits shorter than this and halves after longer ones; at most 100000, and 0
+        for what is not a number). Read by the C runtime when its pool starts. Lower it on a machine shared
+        with other busy processes.
 """
 
 from __future__ import annotations

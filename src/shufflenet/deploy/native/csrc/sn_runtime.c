@@ -125,8 +125,8 @@ static void read_spin_env(void)
 {
     if (g_idle_spin < 0) {
         const char *s = getenv("SHUFFLENET_NATIVE_SPIN_US");
-        const double us = s ? atof(s) : 200.0;
-        g_wait_spin = (us > 0.0 ? us : 0.0) * 1e-6;
+        const double us = s ? atof(s) : 200.0; /* not a number: 0; clamped to [0, 100 ms] */
+        g_wait_spin = (us > 0.0 ? (us < 1e5 ? us : 1e5) : 0.0) * 1e-6;
         g_idle_spin = g_wait_spin;
     }
 }
