@@ -66,6 +66,21 @@ def test_training_experiments_need_data(tmp_path, capsys) -> None:
     assert "--data" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys, under) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "report" if under else tmp_path / "file"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["complexity", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"shufflenet reproduce: error: --out {str(out)!r}: "
+        f"{str(tmp_path / 'file')!r} is a file, not a directory"
+    )
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_every_experiment_is_a_cli_choice() -> None:
     action = next(a for a in cli.build_parser()._actions if a.dest == "experiment")
     assert sorted(action.choices) == sorted(EXPERIMENTS)

@@ -18,6 +18,7 @@ import torch
 
 from ..analysis.reproduce import BUDGETS, EXPERIMENTS, TrainingStopped, run_experiment
 from ..utils import torch_threads
+from .common import check_output_dir
 
 _EXIT = {"nonfinite": 3, "interrupted": 130}
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.setdefault("out", f"runs/reproduce/{name}")
     args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     try:
+        check_output_dir(args["out"], "--out")
         config = EXPERIMENTS[name].config(
             **args, progress=not no_progress and sys.stderr.isatty(), argv=argv
         )
