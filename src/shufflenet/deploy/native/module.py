@@ -2,7 +2,8 @@
 
 A program is bound to each input shape (batch, height, width, threads) once: spatial sizes are propagated,
 activations get workspace slots (reused when dead; a slot holds values of one spatial size and layout, so the
-zero halo around the planes that a stride-1 depthwise conv reads stays zero; other planes are compact),
+zero halo around the planes that a stride-1 depthwise conv reads stays zero; other planes are compact; the
+1x1 conv that ends a residual unit writes over its residual, which keeps the working set in the caches),
 1x1-conv row offsets and depthwise border masks are computed, and the C structs are built.
 A forward pass is then one ctypes call that releases the GIL. How many threads a call uses and how it splits
 the work is decided here, in :func:`thread_plan`; the C runtime carries that out.
@@ -180,6 +181,24 @@ def _assign_slots(
         if v in slots.of:
             continue
         key = ("flat",) if flat[v] else ("halo" if v in halo else "compact", *hw[v])
+        r = op.res
+        if (
+            op.kind == OP_PW
+            and r in live  # a workspace value (not the caller's input)
+            and last_use[r] == i
+            and (i == 0 or r not in (ops[i - 1].src, ops[i - 1].res))
+            and op.dst_coff == 0
+            and op.cout == chans[v]
+            and slots.key[slots.of[r]] == key
+        ):
+            # the 1x1 conv reads each residual value once, just before it writes the output value at the same
+            # place: it can write over its residual, the last reader of it, when the op in flight beside it
+            # (op i - 1) does not read it; the output then needs no new buffer and no cache lines of its own
+            live.remove(r)
+            slots.of[v] = slots.of[r]
+            slots.cap[slots.of[v]] = max(slots.cap[slots.of[v]], chans[v])
+            live.append(v)
+            continue
         pick = next((s for s in free if slots.key[s] == key), None)
         if pick is None:
             pick = len(slots.key)
