@@ -364,8 +364,31 @@ static void dw3s1_plane(const float *ip, float *opl, const float *w9, float bias
     }
 }
 
-/* 3x3, stride 2, pad 1, row by row (no halo needed): depthwise conv (w9 != NULL), average pool with
- * count_include_pad (w9 == NULL, avg), or max pool (w9 == NULL, !avg). */
+/* 3x3, stride 2, pad 1 (no halo needed): depthwise conv (w9 != NULL), average pool with count_include_pad (w9 ==
+ * NULL, avg), or max pool (w9 == NULL, !avg), output rows [y0, y1). An input row is split into the three
+ * vectors that a column of taps reads (columns 2x - 1, 2x, 2x + 1 for VW outputs x); output row y reads input
+ * rows 2y - 1, 2y and 2y + 1, and the last of them is the first of row y + 1, so output rows run inner, one
+ * pixel vector at a time, and that row's split is kept for the next. */
+typedef struct {
+    vf m, e, o;
+} s2_cols;
+
+SN_INLINE s2_cols s2_split(const float *row, vm mA, vm mB, vm mC, vm mD, vf fill)
+{
+    const vf L0 = v_loadf(row, mA, fill), L1 = v_loadf(row + VW, mB, fill);
+    const vf M0 = v_loadf(row - 1, mC, fill), M1 = v_loadf(row - 1 + VW, mD, fill);
+    s2_cols c = {v_even(M0, M1), v_even(L0, L1), v_odd(L0, L1)};
+    return c;
+}
+
+SN_INLINE vf s2_row(s2_cols c, const vf *w3, int is_max, vf acc)
+{
+    if (is_max) return v_maxp(acc, v_maxp(c.m, v_maxp(c.e, c.o)));
+    acc = v_fma(w3[0], c.m, acc);
+    acc = v_fma(w3[1], c.e, acc);
+    return v_fma(w3[2], c.o, acc);
+}
+
 static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, const float *w9, float bias,
                      int avg, int relu, int y0, int y1)
 {
@@ -375,30 +398,26 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
     for (int i = 0; i < 9; i++) wv[i] = v_set1(w9 ? w9[i] : ninth);
     const vf fill = is_max ? v_set1(-INFINITY) : v_zero();
     const vf init = is_max ? v_set1(-INFINITY) : v_set1(bias);
+    const s2_cols none = {fill, fill, fill}; /* a row outside the image */
     (void)OH;
-    for (int oy = y0; oy < y1; oy++) {
-        for (int ox0 = 0; ox0 < OW; ox0 += VW) {
-            const int xs = 2 * ox0;
-            const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
-            const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
-            vf acc = init;
-            for (int dy = 0; dy < 3; dy++) {
-                const int iy = 2 * oy - 1 + dy;
-                if (iy < 0 || iy >= H) continue;
-                const float *row = ip + (ptrdiff_t)iy * W + xs;
-                const vf L0 = v_loadf(row, mA, fill), L1 = v_loadf(row + VW, mB, fill);
-                const vf M0 = v_loadf(row - 1, mC, fill), M1 = v_loadf(row - 1 + VW, mD, fill);
-                const vf E = v_even(L0, L1), O = v_odd(L0, L1), M = v_even(M0, M1);
-                if (is_max) {
-                    acc = v_maxp(acc, v_maxp(M, v_maxp(E, O)));
-                } else {
-                    acc = v_fma(wv[3 * dy], M, acc);
-                    acc = v_fma(wv[3 * dy + 1], E, acc);
-                    acc = v_fma(wv[3 * dy + 2], O, acc);
-                }
-            }
+    for (int ox0 = 0; ox0 < OW; ox0 += VW) {
+        const int xs = 2 * ox0;
+        const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
+        const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
+        const vm ms = v_mask_n(OW - ox0);
+        const float *col = ip + xs;
+        /* input row 2 * y0 - 1 */
+        s2_cols top = y0 > 0 ? s2_split(col + (ptrdiff_t)(2 * y0 - 1) * W, mA, mB, mC, mD, fill) : none;
+        for (int oy = y0; oy < y1; oy++) {
+            const int iy = 2 * oy;
+            const s2_cols mid = iy < H ? s2_split(col + (ptrdiff_t)iy * W, mA, mB, mC, mD, fill) : none;
+            const s2_cols bot = iy + 1 < H ? s2_split(col + (ptrdiff_t)(iy + 1) * W, mA, mB, mC, mD, fill) : none;
+            vf acc = s2_row(top, wv, is_max, init);
+            acc = s2_row(mid, wv + 3, is_max, acc);
+            acc = s2_row(bot, wv + 6, is_max, acc);
             if (relu) acc = v_relu(acc);
-            v_storem(opl + (ptrdiff_t)oy * OW + ox0, acc, v_mask_n(OW - ox0));
+            v_storem(opl + (ptrdiff_t)oy * OW + ox0, acc, ms);
+            top = bot;
         }
     }
 }
