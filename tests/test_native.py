@@ -78,6 +78,22 @@ def test_unit_matches_eager(lib, g, stride, hw):
     _check(native, unit, torch.randn(2, unit.in_channels, *hw))
 
 
+@pytest.mark.parametrize("hw", [(7, 7), (2, 25), (3, 17), (14, 14), (1, 97), (5, 5), (13, 5)])
+def test_1x1_conv_tail_pixels(lib, hw):
+    # The 1x1 conv cuts a plane into tiles of whole pixel vectors; the last P % VW pixels go with the last tile
+    # (a whole tile, up to 4 of them: 49 = 48 + 1, 50, 51, 196 = 192 + 4, 97) or on their own (25, 65). Every
+    # instruction set, one and two threads (pixel ranges), blocks of 4, 5, 6, 7 and 8 output channels.
+    units = [
+        _randomize(ShuffleUnit(13, 13, 1, 1, bottleneck_channels=5), seed=1),
+        _randomize(ShuffleUnit(48, 48, 1, 3, bottleneck_channels=12), seed=2),
+    ]
+    for isa in lib.supported:
+        for unit in units:
+            x = torch.randn(1, unit.in_channels, *hw)
+            for threads in (1, 2):
+                _check(NativeModule(unit, isa=isa, num_threads=threads), unit, x)
+
+
 @pytest.mark.parametrize("g", [1, 2, 3, 4, 8])
 def test_first_unit_dense_compress(lib, g):
     unit = _unit(g, 2, first_grouped=False)

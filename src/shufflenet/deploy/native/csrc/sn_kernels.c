@@ -29,25 +29,29 @@
 #define PW_NVMAX 4
 static const int pw_mrmax[PW_NVMAX + 1] = {0, 16, 12, 8, 6};
 #define PW_NV_DEFAULT 3
+#define PW_NTMAX 4 /* tail pixels a tile takes along (pwt_tab) */
 #else
 #define PW_NVMAX 4
 static const int pw_mrmax[PW_NVMAX + 1] = {0, 12, 6, 4, 3};
 #define PW_NV_DEFAULT 2
+#define PW_NTMAX 0
 #endif
 
 typedef void (*pw_kernel_fn)(int K, const float *a, const int32_t *koff, const float *w, int ldw,
                              const float *bias, float *o, int64_t so, const float *r, int64_t sr,
                              int relu, int nlast);
 
-SN_INLINE void pw_body(const int MR, const int NV, int K, const float *a, const int32_t *koff,
+SN_INLINE void pw_body(const int MR, const int NV, const int NT, int K, const float *a, const int32_t *koff,
                        const float *w, int ldw, const float *bias, float *o, int64_t so, const float *r,
                        int64_t sr, int relu, int nlast)
 {
-    vf acc[16][PW_NVMAX];
+    vf acc[16][PW_NVMAX], tacc[PW_NTMAX + 1];
     UNROLL for (int i = 0; i < MR; i++) {
         vf b = v_set1(bias[i]);
         UNROLL for (int v = 0; v < NV; v++) acc[i][v] = b;
     }
+    const vm mmr = v_mask_n(MR);
+    UNROLL for (int t = 0; t < NT; t++) tacc[t] = v_loadz(bias, mmr);
     for (int k = 0; k < K; k++) {
         const float *ak = a + koff[k];
         const float *wk = w + (ptrdiff_t)k * ldw;
@@ -56,6 +60,20 @@ SN_INLINE void pw_body(const int MR, const int NV, int K, const float *a, const 
         UNROLL for (int i = 0; i < MR; i++) {
             vf wb = v_set1(wk[i]);
             UNROLL for (int v = 0; v < NV; v++) acc[i][v] = v_fma(wb, av[v], acc[i][v]);
+        }
+        if (NT) { /* the tail pixels: vectors along the MR output channels, the same products in the same order */
+            const vf wv = v_loadz(wk, mmr);
+            UNROLL for (int t = 0; t < NT; t++) tacc[t] = v_fma(v_set1(ak[NV * VW + t]), wv, tacc[t]);
+        }
+    }
+    UNROLL for (int t = 0; t < NT; t++) {
+        float y[VW];
+        v_store(y, tacc[t]);
+        for (int i = 0; i < MR; i++) {
+            float x = y[i];
+            if (r) x += r[(ptrdiff_t)i * sr + NV * VW + t];
+            if (relu && x < 0.0f) x = 0.0f;
+            o[(ptrdiff_t)i * so + NV * VW + t] = x;
         }
     }
     const vm ml = v_mask_n(nlast);
@@ -80,7 +98,7 @@ SN_INLINE void pw_body(const int MR, const int NV, int K, const float *a, const 
                                  const float *bias, float *o, int64_t so, const float *r, int64_t sr,  \
                                  int relu, int nlast)                                                  \
     {                                                                                                  \
-        pw_body(MR, NV, K, a, koff, w, ldw, bias, o, so, r, sr, relu, nlast);                          \
+        pw_body(MR, NV, 0, K, a, koff, w, ldw, bias, o, so, r, sr, relu, nlast);                       \
     }
 
 #define PW_DEF4(a, b, c, d, NV) PW_DEF(a, NV) PW_DEF(b, NV) PW_DEF(c, NV) PW_DEF(d, NV)
@@ -110,6 +128,37 @@ static const pw_kernel_fn pw_tab[PW_NVMAX + 1][17] = {
     {0, pw_k_1_4, pw_k_2_4, pw_k_3_4},
 #endif
 };
+
+/* A full tile of PW_NV_DEFAULT pixel vectors that ends where the plane's last P % VW pixels start, and those
+ * NT pixels (1..PW_NTMAX) in the same pass: they cost NT multiply-adds per MR * PW_NV_DEFAULT of the tile, while
+ * the weights are at hand (AVX-512 only; elsewhere pw_tail does them). */
+#if SN_ISA == 2
+#define PWT_DEF(MR, NT)                                                                                 \
+    static void pw_kt_##MR##_##NT(int K, const float *a, const int32_t *koff, const float *w, int ldw, \
+                                  const float *bias, float *o, int64_t so, const float *r, int64_t sr, \
+                                  int relu, int nlast)                                                 \
+    {                                                                                                  \
+        pw_body(MR, PW_NV_DEFAULT, NT, K, a, koff, w, ldw, bias, o, so, r, sr, relu, nlast);           \
+    }
+#define PWT_DEF8(NT)                                                                                    \
+    PWT_DEF(1, NT) PWT_DEF(2, NT) PWT_DEF(3, NT) PWT_DEF(4, NT) PWT_DEF(5, NT) PWT_DEF(6, NT) PWT_DEF(7, NT) \
+    PWT_DEF(8, NT)
+PWT_DEF8(1) PWT_DEF8(2) PWT_DEF8(3) PWT_DEF8(4)
+#define PWT_ROW(NT)                                                                                     \
+    {0, pw_kt_1_##NT, pw_kt_2_##NT, pw_kt_3_##NT, pw_kt_4_##NT, pw_kt_5_##NT, pw_kt_6_##NT, pw_kt_7_##NT, pw_kt_8_##NT}
+static const pw_kernel_fn pwt_tab[PW_NTMAX + 1][9] = {{0}, PWT_ROW(1), PWT_ROW(2), PWT_ROW(3), PWT_ROW(4)};
+#endif
+
+/* the kernel of a tile of nv pixel vectors x mr output channels, plus nt tail pixels (0: none) */
+SN_INLINE pw_kernel_fn pw_kernel(int nv, int mr, int nt)
+{
+#if SN_ISA == 2
+    if (nt) return pwt_tab[nt][mr];
+#else
+    (void)nt;
+#endif
+    return pw_tab[nv][mr];
+}
 
 /* Number of pieces to cut `work` (about one multiply-add per unit) into for T threads; at most `cap`. */
 static int split_count(double work, int T, int cap)
@@ -175,11 +224,12 @@ static void pw_pack(const sn_op *op, float *wp)
     }
 }
 
-/* The last P % VW pixels of a plane: vectors run along output channels instead of pixels, then a scalar
- * epilogue writes the planes. This avoids computing a whole pixel vector for a few pixels (at 7x7, 49 = 3 * 16
- * + 1). It reads the same packed weights ([K][mr] per block of mr output channels): each vector holds one
- * block or two neighbouring ones (two masked loads merged), TAIL_B vectors at a time. Blocks wider than VW (the
- * portable build) use the pixel-vector kernel on the partial vector instead. */
+/* The last P % VW pixels of a plane, when the last tile does not take them along (pwt_tab): vectors run along
+ * output channels instead of pixels, then a scalar epilogue writes the planes. This avoids computing a whole
+ * pixel vector for a few pixels (at 7x7, 49 = 3 * 16 + 1). It reads the same packed weights ([K][mr] per block
+ * of mr output channels): each vector holds one block or two neighbouring ones (two masked loads merged), TAIL_B
+ * vectors at a time. Blocks wider than VW (the portable build) use the pixel-vector kernel on the partial vector
+ * instead. */
 #define TAIL_B 4
 static void pw_tail(int K, const float *a, const int32_t *koff, const float *wg, const float *bias, float *o,
                     int64_t so, const float *r, int64_t sr, int relu, int p0, int np, int b0, int b1, int base,
@@ -299,14 +349,15 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
     const int64_t sr = op->res >= 0 ? cs[op->res] : 0;
     const float *rr = op->res >= 0 ? slot[op->res] + (ptrdiff_t)(op->res_coff + g * N) * sr : NULL;
     const int relu = op->act == SN_ACT_RELU;
-    /* full pixel vectors [v0, ve); the partial last vector, if any, goes to pw_tail */
+    /* full pixel vectors [v0, ve); the partial last vector, if any, goes with the last tile or to pw_tail */
     const int tail = base + (extra > 0) <= VW; /* blocks fit one vector: partial last vector by pw_tail */
     const int nfull = tail ? P / VW : nvec;
-    const int ve = MIN(v1, nfull);
-    if (v1 == nvec && nfull < nvec)
-        pw_tail(K, a, koff, wp, bias, o, so, rr, sr, relu, nfull * VW, P - nfull * VW, b0, b1, base, extra);
+    const int ve = MIN(v1, nfull), nt = P - nfull * VW, NV = PW_NV_DEFAULT;
+    /* the last full tile takes the tail pixels along (pwt_tab) when it is a whole tile and they are few */
+    const int fuse = PW_NTMAX > 0 && v1 == nvec && nt > 0 && nt <= PW_NTMAX && ve > v0 && nfull % NV == 0;
+    if (v1 == nvec && nfull < nvec && !fuse)
+        pw_tail(K, a, koff, wp, bias, o, so, rr, sr, relu, nfull * VW, nt, b0, b1, base, extra);
     if (v0 >= ve) return;
-    const int NV = PW_NV_DEFAULT;
     const int pix_outer = (int64_t)K * NV * VW * 4 <= 32768;
     if (pix_outer) {
         for (int v = v0; v < ve; v += NV) {
@@ -314,8 +365,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
             const int nlast = v + nv == nvec ? P - (nvec - 1) * VW : VW;
             for (int bi = b0; bi < b1; bi++) {
                 const int nn = blk_start(bi, base, extra), mr = base + (bi < extra);
-                pw_tab[nv][mr](K, a + p, koff, wp + (ptrdiff_t)K * nn, mr, bias + nn, o + nn * so + p, so,
-                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
+                pw_kernel(nv, mr, fuse && v + nv == ve ? nt : 0)(K, a + p, koff, wp + (ptrdiff_t)K * nn, mr,
+                                                               bias + nn, o + nn * so + p, so,
+                                                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
             }
         }
     } else {
@@ -324,8 +376,9 @@ static void pw_run(const sn_op *op, float *const *slot, const int64_t *cs, int c
             for (int v = v0; v < ve; v += NV) {
                 const int nv = MIN(NV, ve - v), p = v * VW;
                 const int nlast = v + nv == nvec ? P - (nvec - 1) * VW : VW;
-                pw_tab[nv][mr](K, a + p, koff, wp + (ptrdiff_t)K * nn, mr, bias + nn, o + nn * so + p, so,
-                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
+                pw_kernel(nv, mr, fuse && v + nv == ve ? nt : 0)(K, a + p, koff, wp + (ptrdiff_t)K * nn, mr,
+                                                               bias + nn, o + nn * so + p, so,
+                                                               rr ? rr + nn * sr + p : NULL, sr, relu, nlast);
             }
         }
     }
