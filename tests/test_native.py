@@ -210,10 +210,13 @@ def test_chunks_start_once_what_they_read_is_written(lib, name, size, threads):
             torch.testing.assert_close(y, ref, rtol=0, atol=0)
 
 
-def test_residual_1x1_conv_writes_over_its_residual_only_when_nothing_else_reads_it():
-    from shufflenet.deploy.native._abi import OP_DW, OP_PW
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_residual_1x1_conv_writes_over_its_residual_only_when_nothing_else_reads_it(kind):
+    from shufflenet.deploy.native._abi import OP_DW, OP_PW, OP_QPW
     from shufflenet.deploy.native.lower import Op
     from shufflenet.deploy.native.module import _assign_slots
+
+    res_op = OP_PW if kind == "float" else OP_QPW
 
     def slots(before_last: Op, after: Op):
         # values: 0 input, 1 x, 2 bottleneck, 3 its depthwise conv, 4 = relu(1x1(3) + x), 5 output
@@ -221,7 +224,7 @@ def test_residual_1x1_conv_writes_over_its_residual_only_when_nothing_else_reads
             Op(OP_PW, 0, 1, cin=8, cout=8),
             Op(OP_PW, 1, 2, cin=8, cout=4),
             before_last,
-            Op(OP_PW, 3, 4, res=1, cin=4, cout=8),
+            Op(res_op, 3, 4, res=1, cin=4, cout=8),
             after,
         ]
         chans = [8, 8, 4, 4, 8, 8]
@@ -233,12 +236,23 @@ def test_residual_1x1_conv_writes_over_its_residual_only_when_nothing_else_reads
     # the op before reads x (it may still run beside the 1x1 conv), or an op after does: a new buffer
     read_before = slots(Op(OP_PW, 1, 3, cin=8, cout=4), Op(OP_PW, 4, 5, cin=8, cout=8))
     assert read_before[4] != read_before[1]
-    read_after = slots(Op(OP_DW, 2, 3, cin=4, cout=4), Op(OP_PW, 4, 5, res=1, cin=8, cout=8))
+    read_after = slots(Op(OP_DW, 2, 3, cin=4, cout=4), Op(res_op, 4, 5, res=1, cin=8, cout=8))
     assert read_after[4] != read_after[1]
+    # the output is one part of a concatenation: a new buffer
+    ops = [
+        Op(OP_PW, 0, 1, cin=8, cout=8),
+        Op(OP_PW, 1, 2, cin=8, cout=4),
+        Op(OP_DW, 2, 3, cin=4, cout=4),
+        Op(res_op, 3, 4, res=1, cin=4, cout=8),
+        Op(OP_DW, 3, 4, dst_coff=8, cin=4, cout=4),
+        Op(OP_PW, 4, 5, cin=12, cout=8),
+    ]
+    s = _assign_slots(ops, [False] * 6, [8, 8, 4, 4, 12, 8], {v: (6, 6) for v in range(6)}, 5)
+    assert s.of[4] != s.of[1]
     # the residual in the caller's input is never written
     ops = [
         Op(OP_PW, 0, 1, cin=8, cout=4),
-        Op(OP_PW, 1, 2, res=0, cin=4, cout=8),
+        Op(res_op, 1, 2, res=0, cin=4, cout=8),
         Op(OP_PW, 2, 3, cin=8, cout=8),
     ]
     s = _assign_slots(ops, [False] * 4, [8, 4, 8, 8], {v: (6, 6) for v in range(4)}, 3)

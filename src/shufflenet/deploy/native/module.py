@@ -162,10 +162,12 @@ def _assign_slots(
     ops: list[Op], flat: list[bool], chans: list[int], hw: dict, out_v: int
 ) -> _Slots:
     last_use: dict[int, int] = {}
+    writers: dict[int, int] = {}
     for i, op in enumerate(ops):
         for v in (op.src, op.res):
             if v >= 0:
                 last_use[v] = i
+        writers[op.dst] = writers.get(op.dst, 0) + 1
     # only the input of a stride-1 depthwise conv needs the zero halo; the rest are compact planes
     halo = {op.src for op in ops if op.kind == OP_DW and op.stride == 1}
     slots = _Slots({0: 0, out_v: 1}, [(), ()], [0, 0])
@@ -183,17 +185,17 @@ def _assign_slots(
         key = ("flat",) if flat[v] else ("halo" if v in halo else "compact", *hw[v])
         r = op.res
         if (
-            op.kind == OP_PW
+            op.kind in (OP_PW, OP_QPW)
             and r in live  # a workspace value (not the caller's input)
             and last_use[r] == i
             and (i == 0 or r not in (ops[i - 1].src, ops[i - 1].res))
-            and op.dst_coff == 0
-            and op.cout == chans[v]
+            and writers[v] == 1  # all of v (not one part of a concatenation)
             and slots.key[slots.of[r]] == key
         ):
-            # the 1x1 conv reads each residual value once, just before it writes the output value at the same
-            # place: it can write over its residual, the last reader of it, when the op in flight beside it
-            # (op i - 1) does not read it; the output then needs no new buffer and no cache lines of its own
+            # the 1x1 conv reads each residual value (int8: word of 4 channels) once, just before it writes the
+            # output value at the same place: it can write over its residual, the last reader of it, when the op
+            # in flight beside it (op i - 1) does not read it; the output then needs no new buffer and no cache
+            # lines of its own
             live.remove(r)
             slots.of[v] = slots.of[r]
             slots.cap[slots.of[v]] = max(slots.cap[slots.of[v]], chans[v])
