@@ -366,6 +366,29 @@ def test_model_unchanged_and_buffers_shared_safely(lib):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_strided_inputs_give_the_same_output(lib, int8):
+    # channels_last, every other image of a wider batch, a transposed view: copied to NCHW first (on the
+    # calling thread)
+    m = _randomize(create_model("shufflenet_v1_g3_x0_25", num_classes=10))
+    if int8:
+        from shufflenet import quantize
+
+        native = quantize(m, torch.randn(4, 3, 40, 40)).native(num_threads=2)
+    else:
+        native = NativeModule(m, num_threads=2)
+    x = torch.randn(3, 3, 40, 40)
+    ref = native(x)
+    views = [
+        x.contiguous(memory_format=torch.channels_last),
+        torch.stack([x, torch.zeros_like(x)], 1)[:, 0],
+        x.transpose(2, 3).contiguous().transpose(2, 3),
+    ]
+    for v in views:
+        assert not v.is_contiguous()
+        torch.testing.assert_close(native(v), ref, rtol=0, atol=0)
+
+
 def test_bad_inputs(lib):
     native = NativeModule(_unit(2, 1))
     with pytest.raises(ValueError, match="channels"):
