@@ -643,11 +643,18 @@ SN_API int sn_check_schedule(const sn_plan *plan, int isa, int T, float *x, floa
     pthread_mutex_lock(&g_run_mu);
     for (int img = 0; img < plan->batch; img++) {
         resolve(&j, img, 0, slot);
-        for (int o = 0; o < nops; o++) { /* NaN into what the ops write (float planes and vectors) */
+        for (int o = 0; o < nops; o++) { /* NaN into what the ops write (int8 quad planes: bytes of 127) */
             const sn_op *op = &plan->ops[o];
-            if (op->kind < SN_OP_PACK || op->kind > SN_OP_FC) continue;
-            const int flat = op->kind == SN_OP_GAP || op->kind == SN_OP_FC;
+            const int flat = op->kind == SN_OP_GAP || op->kind == SN_OP_FC || op->kind == SN_OP_QGAP;
+            const int quads = op->kind >= SN_OP_QPACK && op->kind <= SN_OP_QMAX;
             const int64_t cs = plan->slot_cs[op->dst], P = flat ? 1 : (int64_t)op->OH * op->OW;
+            if (quads) {
+                for (int q = op->dst_coff / 4; q < (op->dst_coff + op->cout + 3) / 4; q++) {
+                    int32_t *p = (int32_t *)slot[op->dst] + q * cs;
+                    for (int64_t i = 0; i < P; i++) p[i] = 0x7F7F7F7F;
+                }
+                continue;
+            }
             for (int c = 0; c < op->cout; c++) {
                 float *p = slot[op->dst] + (flat ? op->dst_coff + c : (op->dst_coff + c) * cs);
                 for (int64_t i = 0; i < P; i++) p[i] = NAN;
