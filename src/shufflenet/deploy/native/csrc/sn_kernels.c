@@ -426,10 +426,20 @@ typedef struct {
     vf m, e, o;
 } s2_cols;
 
-SN_INLINE s2_cols s2_split(const float *row, vm mA, vm mB, vm mC, vm mD, vf fill)
+/* the lanes of the loads s2_split makes for the VW outputs from column xs / 2 of a row W wide */
+SN_INLINE void s2_masks(int W, int xs, vm m[4])
 {
-    const vf L0 = v_loadf(row, mA, fill), L1 = v_loadf(row + VW, mB, fill);
-    const vf M0 = v_loadf(row - 1, mC, fill), M1 = v_loadf(row - 1 + VW, mD, fill);
+    m[0] = v_mask_n(W - xs);
+    m[1] = v_mask_n(W - xs - VW);
+    m[2] = v_mask_range(MAX(0, 1 - xs), W - xs + 1);
+    m[3] = v_mask_n(W - xs + 1 - VW);
+}
+
+/* row points at column xs; columns outside the row read as fill */
+SN_INLINE s2_cols s2_split(const float *row, const vm m[4], vf fill)
+{
+    const vf L0 = v_loadf(row, m[0], fill), L1 = v_loadf(row + VW, m[1], fill);
+    const vf M0 = v_loadf(row - 1, m[2], fill), M1 = v_loadf(row - 1 + VW, m[3], fill);
     s2_cols c = {v_even(M0, M1), v_even(L0, L1), v_odd(L0, L1)};
     return c;
 }
@@ -455,16 +465,16 @@ static void s2_plane(const float *ip, float *opl, int H, int W, int OH, int OW, 
     (void)OH;
     for (int ox0 = 0; ox0 < OW; ox0 += VW) {
         const int xs = 2 * ox0;
-        const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
-        const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
+        vm m[4];
+        s2_masks(W, xs, m);
         const vm ms = v_mask_n(OW - ox0);
         const float *col = ip + xs;
         /* input row 2 * y0 - 1 */
-        s2_cols top = y0 > 0 ? s2_split(col + (ptrdiff_t)(2 * y0 - 1) * W, mA, mB, mC, mD, fill) : none;
+        s2_cols top = y0 > 0 ? s2_split(col + (ptrdiff_t)(2 * y0 - 1) * W, m, fill) : none;
         for (int oy = y0; oy < y1; oy++) {
             const int iy = 2 * oy;
-            const s2_cols mid = iy < H ? s2_split(col + (ptrdiff_t)iy * W, mA, mB, mC, mD, fill) : none;
-            const s2_cols bot = iy + 1 < H ? s2_split(col + (ptrdiff_t)(iy + 1) * W, mA, mB, mC, mD, fill) : none;
+            const s2_cols mid = iy < H ? s2_split(col + (ptrdiff_t)iy * W, m, fill) : none;
+            const s2_cols bot = iy + 1 < H ? s2_split(col + (ptrdiff_t)(iy + 1) * W, m, fill) : none;
             vf acc = s2_row(top, wv, is_max, init);
             acc = s2_row(mid, wv + 3, is_max, acc);
             acc = s2_row(bot, wv + 6, is_max, acc);
@@ -548,10 +558,7 @@ SN_INLINE void conv_body(const int MS, const float *in, int64_t si, int cin, int
         const int xs = stride * ox0;
         vm m[4];
         if (stride == 2) {
-            m[0] = v_mask_n(W - xs);
-            m[1] = v_mask_n(W - xs - VW);
-            m[2] = v_mask_range(MAX(0, 1 - xs), W - xs + 1);
-            m[3] = v_mask_n(W - xs + 1 - VW);
+            s2_masks(W, xs, m);
         } else {
             m[0] = v_mask_range(MAX(0, 1 - xs), W - xs + 1); /* x - 1 */
             m[1] = v_mask_n(W - xs);                         /* x */
@@ -565,11 +572,10 @@ SN_INLINE void conv_body(const int MS, const float *in, int64_t si, int cin, int
                 const float *row = in + (ptrdiff_t)ci * si + (ptrdiff_t)iy * W + xs;
                 vf tl, tc, tr;
                 if (stride == 2) {
-                    const vf L0 = v_loadz(row, m[0]), L1 = v_loadz(row + VW, m[1]);
-                    const vf M0 = v_loadz(row - 1, m[2]), M1 = v_loadz(row - 1 + VW, m[3]);
-                    tl = v_even(M0, M1);
-                    tc = v_even(L0, L1);
-                    tr = v_odd(L0, L1);
+                    const s2_cols c = s2_split(row, m, v_zero());
+                    tl = c.m;
+                    tc = c.e;
+                    tr = c.o;
                 } else {
                     tl = v_loadz(row - 1, m[0]);
                     tc = v_loadz(row, m[1]);
@@ -636,16 +642,11 @@ static void maxpool_row(const float *const rows[3], int W, float *out, int OW)
     const vf ninf = v_set1(-INFINITY);
     for (int ox0 = 0; ox0 < OW; ox0 += VW) {
         const int xs = 2 * ox0;
-        const vm mA = v_mask_n(W - xs), mB = v_mask_n(W - xs - VW);
-        const vm mC = v_mask_range(MAX(0, 1 - xs), W - xs + 1), mD = v_mask_n(W - xs + 1 - VW);
+        vm m[4];
+        s2_masks(W, xs, m);
         vf acc = ninf;
-        for (int dy = 0; dy < 3; dy++) {
-            if (!rows[dy]) continue;
-            const float *row = rows[dy] + xs;
-            const vf L0 = v_loadf(row, mA, ninf), L1 = v_loadf(row + VW, mB, ninf);
-            const vf M0 = v_loadf(row - 1, mC, ninf), M1 = v_loadf(row - 1 + VW, mD, ninf);
-            acc = v_maxp(acc, v_maxp(v_even(M0, M1), v_maxp(v_even(L0, L1), v_odd(L0, L1))));
-        }
+        for (int dy = 0; dy < 3; dy++)
+            if (rows[dy]) acc = s2_row(s2_split(rows[dy] + xs, m, ninf), NULL, 1, acc);
         v_storem(out + ox0, acc, v_mask_n(OW - ox0));
     }
 }

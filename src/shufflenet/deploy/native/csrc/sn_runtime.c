@@ -627,7 +627,8 @@ SN_API int sn_plan_deps(const sn_plan *plan, int isa, int T, uint64_t *deps)
  * needs met, as sn_run reads them from plan->deps), it runs before the remaining chunks of the current op,
  * chosen at random (seed). Beforehand every plane the ops write is filled with NaN (int8 quad planes: bytes of
  * 127), so that a chunk that ran before what it reads was written, or that overwrote what a chunk of the op
- * before still had to read, gives a different output. plan->deps must be for (T, isa). Returns 0, or a negative error code. For tests. */
+ * before still had to read, gives a different output. plan->deps must be for (T, isa). Returns 0, or a negative
+ * error code. For tests. */
 SN_API int sn_check_schedule(const sn_plan *plan, int isa, int T, float *x, float *y, uint64_t seed)
 {
     if (!plan || plan->nops <= 0 || plan->nops > SN_MAX_OPS || plan->nslots > SN_MAX_SLOTS) return -1;
